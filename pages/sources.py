@@ -1,0 +1,123 @@
+"""Sources: choose a dataset, tick the sources to value, look at their pairs, save the choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from pages.ui import cached_preferences, require_run, show_user_error
+from valuation.config import ConfigError, DataConfig
+from valuation.errors import UserError
+from valuation.sources import describe_sources, pair_lengths, record_sources
+
+st.title("Sources")
+st.caption("Each source is a player in the game: one adapter is trained per source, and its Shapley value "
+           "says how much it contributes to the coalition models.")
+
+run = require_run()
+saved = run.load_config().data
+
+# --- Which dataset -----------------------------------------------------------------------------
+DATASETS = {"Anthropic HH-RLHF (offline default)": "hh-rlhf", "UltraFeedback (schema of openbmb/UltraFeedback)": "ultrafeedback",
+            "Upload a file": "upload", "A local file or folder": "path"}
+kinds = list(DATASETS.values())
+saved_kind = saved.dataset if saved.dataset in ("hh-rlhf", "ultrafeedback") else "path"
+label = st.radio("Dataset", list(DATASETS), index=kinds.index(saved_kind), horizontal=True)
+kind = DATASETS[label]
+
+dataset, ultrafeedback_file = kind, saved.ultrafeedback_file
+if kind == "ultrafeedback":
+    ultrafeedback_file = st.text_input("Local UltraFeedback file (empty: the hub dataset)", saved.ultrafeedback_file)
+elif kind == "upload":
+    upload = st.file_uploader("Preference pairs: prompt, chosen, rejected and (optionally) source columns",
+                              type=["jsonl", "csv", "parquet"])
+    if upload is None:
+        st.info("Upload a JSONL, CSV or Parquet file. Without a `source` column the file is one source.")
+        st.stop()
+    target = run.path / "uploads" / Path(upload.name).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(upload.getvalue())
+    dataset = str(target)
+elif kind == "path":
+    dataset = st.text_input("Path to a JSONL/CSV/Parquet file, or a folder with one file per source",
+                            "" if saved.dataset in ("hh-rlhf", "ultrafeedback") else saved.dataset)
+    if not dataset.strip():
+        st.stop()
+
+with st.expander("Split settings"):
+    left, middle, right = st.columns(3)
+    eval_prompts = left.number_input("Evaluation prompts", 1, 1000, saved.eval_prompts,
+                                     help="Drawn evenly across sources, held out from every training set.")
+    eval_fraction = middle.number_input("Held-out share of prompts", 0.01, 0.9, saved.eval_fraction, step=0.05)
+    reward_fraction = right.number_input("Reward-model share of prompts", 0.0, 0.9, saved.reward_fraction, step=0.05)
+    seed = left.number_input("Split seed", 0, 2**31 - 1, saved.seed)
+    data_dir = middle.text_input("Data directory", saved.data_dir, placeholder=str(DataConfig().resolved_data_dir()))
+
+base = DataConfig(dataset=dataset, data_dir=data_dir, ultrafeedback_file=ultrafeedback_file,
+                  eval_prompts=int(eval_prompts), eval_fraction=float(eval_fraction),
+                  reward_fraction=float(reward_fraction), seed=int(seed))
+try:
+    base.validate()
+    data = cached_preferences(base)
+except (UserError, ConfigError) as error:
+    show_user_error(error)
+    st.stop()
+
+# --- Which sources -----------------------------------------------------------------------------
+available = data.sources
+default = [s for s in saved.sources if s in available] or available
+sources = st.multiselect("Sources to value", available, default=default,
+                         help="The players of the game. Each needs its own adapter.")
+if len(sources) < 2:
+    st.warning("Pick at least two sources: a Shapley value compares a source with the others.")
+
+for line in data.report.summary():
+    st.caption(f":material/info: {line}")
+
+summary = describe_sources(data).loc[sources] if sources else describe_sources(data).iloc[0:0]
+st.dataframe(summary, width="stretch")
+
+config = DataConfig(**{**base.__dict__, "sources": sources})
+if st.button("Save these sources to the run", type="primary", disabled=len(sources) < 2):
+    try:
+        split = record_sources(run, config).summary()
+    except UserError as error:
+        show_user_error(error)
+    else:
+        st.success(f"Saved to run '{run.name}': {len(sources)} sources, "
+                   f"{sum(split['train_pairs'].values())} training pairs, {len(split['eval_prompt_ids'])} evaluation prompts.")
+elif saved.sources and sorted(saved.sources) == sorted(sources) and saved.dataset == config.dataset:
+    st.caption(f"Run '{run.name}' uses these sources.")
+else:
+    st.caption("Not saved yet: the run keeps its previous choice until you save.")
+
+if not sources:
+    st.stop()
+
+# --- Lengths -----------------------------------------------------------------------------------
+st.subheader("Lengths")
+lengths = pair_lengths(data)
+lengths = lengths[lengths.source.isin(sources)].melt(id_vars="source", var_name="text", value_name="words")
+lengths["text"] = lengths["text"].str.removesuffix("_words")
+figure = px.histogram(lengths, x="words", color="source", facet_col="text", barmode="overlay", nbins=60,
+                      histnorm="percent", range_x=[0, lengths.words.quantile(0.98)], opacity=0.6)
+figure.update_layout(height=340, margin=dict(t=30, b=10))
+st.plotly_chart(figure, width="stretch")
+
+# --- Sample pairs ------------------------------------------------------------------------------
+st.subheader("Sample pairs")
+by_source = data.by_source()
+left, right = st.columns([1, 2])
+source = left.selectbox("Source", sources)
+index = right.slider("Pair", 1, len(by_source[source]), 1) - 1
+pair = by_source[source][index]
+for message in pair.prompt:
+    with st.chat_message(message["role"]):
+        st.text(message["content"])
+chosen_column, rejected_column = st.columns(2)
+chosen_column.markdown("**Chosen**")
+chosen_column.text(pair.chosen)
+rejected_column.markdown("**Rejected**")
+rejected_column.text(pair.rejected)

