@@ -11,6 +11,7 @@ st.set_page_config(page_title="Source Shapley", page_icon=":material/hub:", layo
 
 PAGES = [
     st.Page("pages/sources.py", title="Sources", icon=":material/dataset:", default=True),
+    st.Page("pages/shapley.py", title="Shapley", icon=":material/bar_chart:"),
 ]
 
 run_sidebar()

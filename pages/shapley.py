@@ -1,0 +1,209 @@
+"""Shapley: what each source is worth to each reward model, how sure we are, and how sources interact."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.colors import hex_to_rgb
+
+from pages.ui import require_run, show_user_error
+from valuation.errors import UserError
+from valuation.shapley import UtilityTable
+from valuation.report import (
+    EXACT_DEFAULT_MAX_PLAYERS,
+    Valuation,
+    ValuationConfig,
+    load_utilities,
+    reward_accuracies,
+    utilities_path,
+    value_sources,
+    with_combined,
+)
+
+CHART_CONFIG = {"toImageButtonOptions": {"format": "png"}}
+PALETTE = px.colors.qualitative.Plotly
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading coalition utilities…")
+def cached_utilities(path: str, modified: float) -> UtilityTable:
+    """The table at `path`, read again only when the file changes."""
+    return load_utilities(path)
+
+
+def show(figure: go.Figure) -> None:
+    figure.update_layout(margin=dict(t=30, b=10))
+    st.plotly_chart(figure, width="stretch", config=CHART_CONFIG)
+
+
+def colors(names: tuple[str, ...]) -> dict[str, str]:
+    """One fixed colour per name, so a source or an objective looks the same in every chart."""
+    return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(names)}
+
+
+def bars_figure(valuation: Valuation) -> go.Figure:
+    return px.bar(valuation.values_frame(), x="player", y="value", color="objective", barmode="group",
+                  error_y="plus", error_y_minus="minus", color_discrete_map=colors(valuation.objectives),
+                  labels={"player": "source", "value": "Shapley value"})
+
+
+def scatter_figure(valuation: Valuation, x: str, y: str) -> go.Figure:
+    figure = px.scatter(valuation.objective_pair_frame(x, y), x=x, y=y, text="player", color="player",
+                        error_x=f"{x}_plus", error_x_minus=f"{x}_minus", error_y=f"{y}_plus",
+                        error_y_minus=f"{y}_minus", color_discrete_map=colors(valuation.players))
+    figure.add_hline(y=0, line_dash="dot", line_color="grey")
+    figure.add_vline(x=0, line_dash="dot", line_color="grey")
+    return figure.update_traces(textposition="top center", marker_size=12)
+
+
+def waterfall_figure(valuation: Valuation, objective: str) -> go.Figure:
+    """From v(empty), one step per source's value, to v(N): efficiency makes the steps land exactly."""
+    k = valuation.objectives.index(objective)
+    v_empty = valuation.efficiency_frame().set_index("objective").loc[objective, "v_empty"]
+    return go.Figure(go.Waterfall(
+        x=["v(∅)", *valuation.players, "v(N)"],
+        measure=["absolute", *["relative"] * len(valuation.players), "total"],
+        y=[v_empty, *valuation.shapley.values[:, k], 0], texttemplate="%{y:.3f}",
+    )).update_layout(yaxis_title=objective, showlegend=False)
+
+
+def interaction_figure(valuation: Valuation, objective: str) -> go.Figure:
+    return px.imshow(valuation.interaction_frame(objective), color_continuous_scale="RdBu",
+                     color_continuous_midpoint=0, text_auto=".3f", labels={"color": "interaction"})
+
+
+def convergence_figure(valuation: Valuation, objective: str) -> go.Figure:
+    """Running estimate per source against permutations used, with a band of +- one standard error."""
+    trace = valuation.shapley.convergence_frame().query("objective == @objective")
+    figure = go.Figure()
+    for player, color in colors(valuation.players).items():
+        rows = trace[trace.player == player].dropna(subset="stderr")
+        x = pd.concat([rows.permutations, rows.permutations[::-1]])
+        band = pd.concat([rows.value + rows.stderr, (rows.value - rows.stderr)[::-1]])
+        figure.add_scatter(x=x, y=band, fill="toself", fillcolor=f"rgba{(*hex_to_rgb(color), 0.2)}",
+                           line_width=0, hoverinfo="skip", showlegend=False, legendgroup=player)
+        figure.add_scatter(x=rows.permutations, y=rows.value, name=player, line_color=color, legendgroup=player)
+    return figure.update_layout(xaxis_title="permutations", yaxis_title=f"{objective} Shapley value")
+
+
+def not_distinguishable(valuation: Valuation) -> list[str]:
+    spans = valuation.spans_zero()
+    return [f"{player} on {objective}" for k, objective in enumerate(valuation.objectives)
+            for i, player in enumerate(valuation.players) if spans[i, k]]
+
+
+# =================================================================================================
+
+st.title("Shapley")
+st.caption("A source's Shapley value is its average marginal contribution to the utility of the coalition "
+           "models, over every order in which the sources could join. The values add up to v(N) − v(∅).")
+
+run = require_run()
+path = utilities_path(run)
+if not path.is_file():
+    st.info("This run has no coalition utilities yet. Train adapters on the Training page, then evaluate "
+            "coalitions on the Evaluate page.", icon=":material/info:")
+    st.stop()
+try:
+    table = cached_utilities(str(path), path.stat().st_mtime)
+except UserError as error:
+    show_user_error(error)
+    st.stop()
+
+# --- Reward models -----------------------------------------------------------------------------
+accuracies = reward_accuracies(run)
+if not accuracies.empty:
+    for column, model in zip(st.columns(len(accuracies)), accuracies.itertuples()):
+        column.metric(f"{model.objective} reward model", f"{model.accuracy:.1%}",
+                      help="Accuracy on held-out preference pairs: how often it prefers the chosen reply.")
+        column.caption(f"interval [{model.lower:.1%}, {model.upper:.1%}] on {model.pairs:.0f} held-out pairs")
+        if model.near_chance:
+            column.warning(f"The {model.objective} reward model is near chance (its interval includes 50%): "
+                           "values on this objective may be noise.")
+
+# --- Method ------------------------------------------------------------------------------------
+n = len(table.players)
+left, middle, right = st.columns(3)
+method = left.radio("Method", ["Exact", "Monte Carlo"], index=0 if n <= EXACT_DEFAULT_MAX_PLAYERS else 1,
+                    horizontal=True, help=f"Exact uses all 2^{n} = {2 ** n} coalitions; Monte Carlo samples "
+                                          "orders of the sources (antithetic pairs).")
+budget = middle.number_input("Permutations", 4, 1_000_000, ValuationConfig().permutations, step=100,
+                             disabled=method == "Exact")
+confidence = right.slider("Confidence", 0.5, 0.99, ValuationConfig().confidence, 0.01)
+
+# --- Combined objective ------------------------------------------------------------------------
+base_objectives = table.objectives
+if len(base_objectives) >= 2:
+    first, second = (("helpfulness", "harmlessness") if {"helpfulness", "harmlessness"} <= set(base_objectives)
+                     else base_objectives[:2])
+    weight = st.slider(f"Weight w of the combined objective w · {first} + (1 − w) · {second}", 0.0, 1.0, 0.5, 0.05,
+                       help="Computed per prompt, so its intervals stay valid: Shapley is linear in the utility.")
+    table = with_combined(table, weight, first, second)
+
+try:
+    valuation = value_sources(table, ValuationConfig(method="exact" if method == "Exact" else "permutation",
+                                                     permutations=int(budget), confidence=confidence))
+except UserError as error:
+    show_user_error(error)
+    st.stop()
+st.caption(f"Method: {valuation.shapley.method}.")
+
+# --- Values by reward model --------------------------------------------------------------------
+st.subheader("Value of each source, by reward model")
+show(bars_figure(valuation))
+unclear = not_distinguishable(valuation)
+if unclear:
+    st.warning(f"Not distinguishable from no effect (the {confidence:.0%} interval includes 0): {', '.join(unclear)}.")
+if not valuation.has_intervals:
+    st.caption("No intervals: the table has one utility per coalition. Per-prompt utilities give bootstrap intervals.")
+with st.expander("Banzhaf values beside Shapley"):
+    if valuation.banzhaf is None:
+        st.caption("Banzhaf values need every coalition of at most "
+                   f"{EXACT_DEFAULT_MAX_PLAYERS} sources in the table.")
+    else:
+        st.caption("Banzhaf weighs every coalition of the others equally; Shapley weighs each coalition size equally.")
+        st.dataframe(valuation.export_frame().pivot_table(index=["objective", "player"], columns="method",
+                                                          values="value"), width="stretch")
+
+# --- Helpfulness against harmlessness ----------------------------------------------------------
+st.subheader("Sources on two objectives")
+if len(base_objectives) < 2:
+    st.caption("Only one objective in the table: a second reward model is needed for this view.")
+else:
+    x, y = first, second
+    if len(base_objectives) > 2:
+        left, right = st.columns(2)
+        x = left.selectbox("Horizontal axis", base_objectives, index=base_objectives.index(first))
+        others = [o for o in base_objectives if o != x]
+        y = right.selectbox("Vertical axis", others, index=others.index(second) if second in others else 0)
+    show(scatter_figure(valuation, x, y))
+
+# --- One objective at a time -------------------------------------------------------------------
+st.subheader("From the base model to all sources")
+objective = st.selectbox("Objective", valuation.objectives)
+show(waterfall_figure(valuation, objective))
+check = valuation.efficiency_frame().set_index("objective").loc[objective]
+st.caption(f"Efficiency check: the values sum to {check.sum_of_values:.4f}; v(N) − v(∅) = "
+           f"{check.v_full:.4f} − {check.v_empty:.4f} = {check.v_full - check.v_empty:.4f} (gap {check.gap:.1e}).")
+
+if valuation.interactions is not None:
+    st.subheader("Pairwise interactions")
+    st.caption("Positive: two sources are worth more together than apart; negative: they substitute for each other.")
+    show(interaction_figure(valuation, objective))
+
+if valuation.shapley.convergence is not None:
+    st.subheader("Monte Carlo convergence")
+    st.caption(f"{valuation.shapley.convergence.n_permutations} permutations, "
+               f"{valuation.shapley.convergence.n_evaluations} distinct coalitions; bands are ± one standard error.")
+    show(convergence_figure(valuation, objective))
+
+# --- Coalition utilities and downloads ---------------------------------------------------------
+st.subheader("Coalition utilities")
+st.dataframe(table.to_frame(), width="stretch", hide_index=True)
+
+left, right = st.columns(2)
+left.download_button("Download values (CSV)", valuation.to_csv(), file_name=f"{run.name}-shapley.csv",
+                     mime="text/csv", icon=":material/download:")
+right.download_button("Download values (JSON)", valuation.to_json(), file_name=f"{run.name}-shapley.json",
+                      mime="application/json", icon=":material/download:")

@@ -1,0 +1,194 @@
+"""The valuation glue and the `shapley` command on games written as CSV, as the evaluation job writes them."""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from valuation.cli import main
+from valuation.errors import UserError
+from valuation.report import (
+    UtilityError,
+    ValuationConfig,
+    format_table,
+    load_run_utilities,
+    load_utilities,
+    reward_accuracies,
+    utilities_path,
+    value_sources,
+    with_combined,
+)
+from valuation.shapley import coalition_name
+
+GLOVES = ("L", "R1", "R2")  # one left glove, two right gloves: v(S) = pairs of gloves in S
+GLOVE_SHAPLEY = {"L": 2 / 3, "R1": 1 / 6, "R2": 1 / 6}
+
+
+def all_coalitions(players: tuple[str, ...]) -> list[tuple[str, ...]]:
+    return [c for size in range(len(players) + 1) for c in combinations(players, size)]
+
+
+def glove_frame() -> pd.DataFrame:
+    """helpfulness is the glove game, harmlessness twice it."""
+    rows = []
+    for c in all_coalitions(GLOVES):
+        left = int("L" in c)
+        pairs = min(left, len(c) - left)
+        rows.append({"coalition": coalition_name(c), "helpfulness": pairs, "harmlessness": 2 * pairs})
+    return pd.DataFrame(rows)
+
+
+def additive_prompt_frame(n_prompts: int = 30, seed: int = 0) -> pd.DataFrame:
+    """An additive game per prompt: v_p(S) = sum_{i in S} w_ip, so phi_i = mean_p w_ip exactly.
+
+    'strong' adds about 1 to helpfulness, 'noise' averages zero (its interval should span zero).
+    """
+    rng = np.random.default_rng(seed)
+    players = ("strong", "weak", "noise")
+    centre = {"strong": (1.0, -0.5), "weak": (0.3, 0.2), "noise": (0.0, 0.0)}
+    weight = {p: np.array(centre[p])[:, None] + rng.normal(0, 0.3, (2, n_prompts)) for p in players}
+    weight["noise"] -= weight["noise"].mean(1, keepdims=True)  # exactly zero mean
+    rows = []
+    for c in all_coalitions(players):
+        u = sum((weight[p] for p in c), np.zeros((2, n_prompts)))
+        rows += [{"coalition": coalition_name(c), "prompt": f"p{k}", "helpfulness": u[0, k], "harmlessness": u[1, k]}
+                 for k in range(n_prompts)]
+    return pd.DataFrame(rows)
+
+
+def write_run(tmp_path: Path, frame: pd.DataFrame, name: str = "r") -> Path:
+    run = tmp_path / name
+    utilities_path(run).parent.mkdir(parents=True)
+    frame.to_csv(utilities_path(run), index=False)
+    return run
+
+
+def test_glove_game_values(tmp_path: Path) -> None:
+    valuation = value_sources(load_run_utilities(write_run(tmp_path, glove_frame())))
+    assert valuation.shapley.method == "exact shapley"
+    assert not valuation.has_intervals
+    for i, player in enumerate(valuation.players):
+        assert valuation.shapley.values[i] == pytest.approx([GLOVE_SHAPLEY[player], 2 * GLOVE_SHAPLEY[player]])
+    assert valuation.efficiency_frame().gap.abs().max() < 1e-12
+    assert valuation.efficiency_frame().set_index("objective").loc["harmlessness", "v_full"] == 2
+    # Banzhaf: L is pivotal in 3 of the 4 coalitions of the others, each right glove in 1
+    assert valuation.banzhaf.values[:, 0] == pytest.approx([3 / 4, 1 / 4, 1 / 4])
+    # the right gloves substitute for each other; L and a right glove complement
+    interactions = valuation.interaction_frame("helpfulness")
+    assert interactions.loc["R1", "R2"] < 0 < interactions.loc["L", "R1"]
+
+
+def test_permutation_method_gives_monte_carlo_intervals(tmp_path: Path) -> None:
+    valuation = value_sources(load_utilities(write_run(tmp_path, glove_frame()) / "evaluation" / "utilities.csv"),
+                              ValuationConfig(method="permutation", permutations=400, seed=1))
+    assert valuation.shapley.convergence is not None
+    assert valuation.shapley.values[:, 0] == pytest.approx([2 / 3, 1 / 6, 1 / 6], abs=0.1)
+    assert np.all(valuation.shapley.lower <= valuation.shapley.values)
+    assert valuation.efficiency_frame().gap.abs().max() < 1e-12  # every permutation sums to v(N) - v(empty)
+
+
+def test_per_prompt_table_gets_bootstrap_intervals(tmp_path: Path) -> None:
+    frame = additive_prompt_frame()
+    valuation = value_sources(load_run_utilities(write_run(tmp_path, frame)), ValuationConfig(bootstrap=500))
+    assert "percentile interval over 30 prompts" in valuation.shapley.method
+    values = valuation.values_frame().set_index(["objective", "player"])
+    strong, noise = values.loc[("helpfulness", "strong")], values.loc[("helpfulness", "noise")]
+    assert strong.lower > 0.5 and not strong.spans_zero
+    assert noise.value == pytest.approx(0, abs=1e-12) and noise.spans_zero
+    assert (values.minus >= 0).all() and (values.plus >= 0).all()
+    assert "spans zero: not distinguishable from no effect" in format_table(valuation)
+
+
+def test_combined_objective_is_linear(tmp_path: Path) -> None:
+    table = load_run_utilities(write_run(tmp_path, additive_prompt_frame()))
+    combined = value_sources(with_combined(table, 0.3, "helpfulness", "harmlessness"))
+    phi = combined.shapley.values
+    assert combined.objectives == ("helpfulness", "harmlessness", "combined")
+    assert phi[:, 2] == pytest.approx(0.3 * phi[:, 0] + 0.7 * phi[:, 1])
+    assert combined.shapley.lower[:, 2] != pytest.approx(0.3 * combined.shapley.lower[:, 0]
+                                                         + 0.7 * combined.shapley.lower[:, 1])  # its own interval
+    with pytest.raises(UtilityError, match="no objective 'quality'"):
+        with_combined(table, 0.5, "helpfulness", "quality")
+
+
+def test_missing_coalition_is_a_clear_user_error(tmp_path: Path) -> None:
+    frame = glove_frame()
+    table = load_utilities(write_run(tmp_path, frame[frame.coalition != "R1+R2"]) / "evaluation" / "utilities.csv")
+    with pytest.raises(UserError, match=r"lacks 1 of the 8 coalitions exact Shapley needs \('R1\+R2'\)"):
+        value_sources(table)
+    with pytest.raises(UserError, match="no row for coalition 'R1\\+R2'"):
+        value_sources(table, ValuationConfig(method="permutation", permutations=200))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("coalition,helpfulness\n,0\na,oops\n", "non-numeric value 'oops' in objective column 'helpfulness'"),
+    ("team,helpfulness\n,0\n", "needs a 'coalition' column"),
+    ("", "No columns to parse"),
+    ("coalition,helpfulness\n,0\na,1\na,2\n", "duplicate coalition 'a'"),
+])
+def test_bad_csv_is_a_user_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "utilities.csv"
+    path.write_text(text)
+    with pytest.raises(UtilityError, match=message) as error:
+        load_utilities(path)
+    assert str(path) in str(error.value)
+
+
+def test_run_without_utilities_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(UtilityError, match="has no coalition utilities yet"):
+        load_run_utilities(tmp_path / "empty-run")
+
+
+def test_reward_accuracies_flag_near_chance_and_tolerate_gaps(tmp_path: Path) -> None:
+    rewards = tmp_path / "rewards"
+    for objective, info in {"helpfulness": {"heldout_accuracy": 0.7, "heldout_interval": [0.62, 0.78], "heldout_pairs": 120},
+                            "harmlessness": {"heldout_accuracy": 0.53, "heldout_interval": [0.45, 0.61]},
+                            "broken": "not json"}.items():
+        (rewards / objective).mkdir(parents=True)
+        (rewards / objective / "reward.json").write_text(json.dumps(info) if isinstance(info, dict) else info)
+    (rewards / "unfinished").mkdir()
+    frame = reward_accuracies(tmp_path).set_index("objective")
+    assert list(frame.index) == ["harmlessness", "helpfulness"]
+    assert frame.near_chance.to_dict() == {"harmlessness": True, "helpfulness": False}
+    assert np.isnan(frame.loc["harmlessness", "pairs"])
+    assert reward_accuracies(tmp_path / "nothing").empty
+
+
+def test_cli_table_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_run(tmp_path, glove_frame())
+    (run / "rewards" / "helpfulness").mkdir(parents=True)
+    (run / "rewards" / "helpfulness" / "reward.json").write_text(
+        json.dumps({"heldout_accuracy": 0.55, "heldout_interval": [0.48, 0.62], "heldout_pairs": 200}))
+    assert main(["shapley", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "helpfulness" in out and "harmlessness" in out
+    assert re.search(r"^  L\s+\+0\.6667$", out, re.MULTILINE)
+    assert "reward model helpfulness: held-out accuracy 0.550 [0.480, 0.620] on 200 pairs  warning: near chance" in out
+    assert "efficiency: sum of values +1.0000 vs v(N) - v(empty)" in out
+
+
+def test_cli_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = utilities_path(write_run(tmp_path, additive_prompt_frame()))
+    assert main(["shapley", "--utilities", str(path), "--format", "json", "--bootstrap", "200",
+                 "--confidence", "0.9"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["confidence"] == 0.9
+    strong = result["shapley"]["helpfulness"]["strong"]
+    assert strong["lower"] < strong["value"] < strong["upper"]
+    assert abs(result["efficiency"]["harmlessness"]["gap"]) < 1e-12
+    assert set(result["banzhaf"]["helpfulness"]) == {"strong", "weak", "noise"}
+
+
+def test_cli_bad_input_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("coalition,helpfulness\n,0\na,oops\n")
+    assert main(["shapley", "--utilities", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert main(["shapley", "--utilities", str(path), "--confidence", "1.5"]) == 2

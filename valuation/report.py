@@ -1,0 +1,325 @@
+"""Valuing a run's sources from its coalition utilities: the glue the `shapley` command and the
+Shapley page share.
+
+    <run>/evaluation/utilities.csv     coalition, prompt, one column per objective (written by evaluation)
+    <run>/rewards/<objective>/reward.json   the reward model's held-out accuracy
+
+`value_sources(table, config)` computes Shapley values (exact over all 2^n coalitions by default
+while n <= 12, else permutation Monte Carlo) with intervals, plus Banzhaf values and pairwise
+interactions from the same table. Table problems become `UtilityError`s that say what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import ConfigError, helped
+from .errors import UserError
+from .runs import Run
+from .shapley import (
+    UtilityTable,
+    ValuationResult,
+    bootstrap_intervals,
+    coalition_name,
+    exact_banzhaf,
+    exact_shapley,
+    pairwise_interactions,
+    permutation_shapley,
+)
+
+EXACT_DEFAULT_MAX_PLAYERS = 12  # beyond this, "auto" samples permutations instead of all 2^n coalitions
+METHODS = ("auto", "exact", "permutation")
+
+
+class UtilityError(UserError):
+    """A utility table that cannot be valued; the message says what is wrong and where."""
+
+
+@contextmanager
+def _table_errors(where: str) -> Iterator[None]:
+    """The pure library raises ValueError for table problems; say which table they concern."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, OSError) as error:  # pandas' parser and decoding errors are ValueErrors
+        raise UtilityError(f"{where}: {error}") from None
+
+
+# -----------------------------------------------------------------------------
+# where utilities and reward accuracies live
+
+
+def _run_dir(run: Run | str | PathLike[str]) -> Path:
+    return run.path if isinstance(run, Run) else Path(run)
+
+
+def utilities_path(run: Run | str | PathLike[str]) -> Path:
+    """Where a run's coalition utilities live: <run>/evaluation/utilities.csv."""
+    return _run_dir(run) / "evaluation" / "utilities.csv"
+
+
+def load_utilities(path: str | PathLike[str]) -> UtilityTable:
+    path = Path(path)
+    if not path.is_file():
+        raise UtilityError(f"no utility table at {path}")
+    with _table_errors(str(path)):
+        return UtilityTable.from_csv(path)
+
+
+def load_run_utilities(run: Run | str | PathLike[str]) -> UtilityTable:
+    path = utilities_path(run)
+    if not path.is_file():
+        raise UtilityError(f"run {_run_dir(run).name!r} has no coalition utilities yet ({path}): "
+                           "train adapters, then evaluate the coalitions")
+    return load_utilities(path)
+
+
+def reward_accuracies(run: Run | str | PathLike[str]) -> pd.DataFrame:
+    """One row per reward model: objective, accuracy, lower, upper, pairs, near_chance.
+
+    near_chance: the held-out accuracy interval includes 0.5, so the reward model may be guessing.
+    Missing or unreadable files are skipped, missing keys read as NaN.
+    """
+    rows = []
+    for path in sorted((_run_dir(run) / "rewards").glob("*/reward.json")):
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = None
+        if not isinstance(info, dict):
+            continue
+        interval = info.get("heldout_interval")
+        lower, upper = interval if isinstance(interval, list) and len(interval) == 2 else (np.nan, np.nan)
+        rows.append({"objective": path.parent.name, "accuracy": info.get("heldout_accuracy", np.nan),
+                     "lower": lower, "upper": upper, "pairs": info.get("heldout_pairs", np.nan)})
+    frame = pd.DataFrame(rows, columns=["objective", "accuracy", "lower", "upper", "pairs"])
+    frame[["accuracy", "lower", "upper", "pairs"]] = frame[["accuracy", "lower", "upper", "pairs"]].astype(float)
+    frame["near_chance"] = (frame.lower <= 0.5) & (frame.upper >= 0.5)
+    return frame
+
+
+# -----------------------------------------------------------------------------
+# a combined objective
+
+
+def with_combined(table: UtilityTable, weight: float, first: str, second: str,
+                  name: str = "combined") -> UtilityTable:
+    """Add objective `name` = weight * first + (1 - weight) * second, per prompt where there are prompts.
+
+    Shapley is linear in v, so its value is weight * phi_first + (1 - weight) * phi_second, and
+    bootstrapping the per-prompt combination keeps its intervals honest.
+    """
+    if not 0 <= weight <= 1:
+        raise UtilityError(f"combined weight {weight} is outside [0, 1]")
+    for objective in (first, second):
+        if objective not in table.objectives:
+            raise UtilityError(f"no objective {objective!r} to combine; the table has {list(table.objectives)}")
+    if name in table.objectives:
+        raise UtilityError(f"the table already has an objective called {name!r}")
+    a, b = table.objectives.index(first), table.objectives.index(second)
+
+    def combine(u: np.ndarray) -> np.ndarray:  # u: [m] or [m, n_prompts]
+        return np.concatenate([u, weight * u[a:a + 1] + (1 - weight) * u[b:b + 1]])
+
+    per_prompt = None if table.per_prompt is None else {c: combine(u) for c, u in table.per_prompt.items()}
+    return replace(table, objectives=(*table.objectives, name),
+                   values={c: combine(u) for c, u in table.values.items()}, per_prompt=per_prompt)
+
+
+# -----------------------------------------------------------------------------
+# valuation
+
+
+@dataclass(frozen=True)
+class ValuationConfig:
+    method: str = helped("auto", "'exact' (all 2^n coalitions), 'permutation' (Monte Carlo over orders of the "
+                                 f"sources) or 'auto' (exact while n <= {EXACT_DEFAULT_MAX_PLAYERS}).")
+    permutations: int = helped(1000, "Monte Carlo budget: random orders of the sources (antithetic pairs count two).")
+    seed: int = helped(0, "Seed of the permutations and of the bootstrap.")
+    confidence: float = helped(0.95, "Confidence level of the intervals.")
+    bootstrap: int = helped(1000, "Bootstrap resamples of the prompts (exact method with per-prompt utilities; 0: none).")
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}: use one of {', '.join(METHODS)}.")
+        if self.permutations < 4:  # two antithetic pairs: the least that gives a standard error
+            raise ConfigError(f"permutations={self.permutations}: use at least 4.")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence={self.confidence}: use a level between 0 and 1, such as 0.95.")
+        if self.bootstrap < 0:
+            raise ConfigError(f"bootstrap={self.bootstrap}: use 0 (no intervals) or more resamples.")
+
+    def resolved_method(self, n_players: int) -> str:
+        if self.method != "auto":
+            return self.method
+        return "exact" if n_players <= EXACT_DEFAULT_MAX_PLAYERS else "permutation"
+
+
+@dataclass(frozen=True)
+class Valuation:
+    """Everything the command and the page show about one table's sources."""
+
+    table: UtilityTable
+    shapley: ValuationResult
+    banzhaf: ValuationResult | None  # exact only: None when the table lacks coalitions or n is large
+    interactions: np.ndarray | None  # [n, n, m] Shapley interaction index, same condition
+    confidence: float
+
+    @property
+    def players(self) -> tuple[str, ...]:
+        return self.shapley.players
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return self.shapley.objectives
+
+    @property
+    def has_intervals(self) -> bool:
+        return self.shapley.lower is not None
+
+    def spans_zero(self) -> np.ndarray:
+        """[n, m]: the interval includes zero (all False without intervals)."""
+        return self.shapley.spans_zero() if self.has_intervals else np.zeros(self.shapley.values.shape, bool)
+
+    def values_frame(self) -> pd.DataFrame:
+        """Shapley values in long format, with error-bar lengths `minus`/`plus` and `spans_zero`."""
+        frame = self.shapley.to_frame()
+        frame["minus"] = frame.value - frame.lower
+        frame["plus"] = frame.upper - frame.value
+        frame["spans_zero"] = self.spans_zero().T.ravel()  # to_frame runs objective-major
+        return frame
+
+    def objective_pair_frame(self, x: str, y: str) -> pd.DataFrame:
+        """One row per player: its values on objectives x and y, each with its error bars (for a scatter)."""
+        if x == y:
+            raise UtilityError(f"pick two different objectives to plot against each other (both are {x!r})")
+        frame = self.values_frame().set_index(["objective", "player"])
+
+        def columns(objective: str) -> pd.DataFrame:
+            return frame.loc[objective, ["value", "minus", "plus"]].rename(
+                columns={"value": objective, "minus": f"{objective}_minus", "plus": f"{objective}_plus"})
+
+        return columns(x).join(columns(y)).reset_index()
+
+    def efficiency_frame(self) -> pd.DataFrame:
+        """Per objective: v(empty), v(N), the sum of the values and the gap (zero for Shapley)."""
+        v_empty = self.table(frozenset())
+        return pd.DataFrame({"objective": self.objectives, "v_empty": v_empty, "v_full": v_empty + self.shapley.total,
+                             "sum_of_values": self.shapley.values.sum(0), "gap": self.shapley.efficiency_gap()})
+
+    def interaction_frame(self, objective: str) -> pd.DataFrame:
+        """Players x players interaction matrix for one objective."""
+        if self.interactions is None:
+            raise UtilityError("interactions need every coalition of the sources in the table")
+        k = self.objectives.index(objective)
+        return pd.DataFrame(self.interactions[:, :, k], index=list(self.players), columns=list(self.players))
+
+    def export_frame(self) -> pd.DataFrame:
+        """Shapley (and Banzhaf) values in long format: method, objective, player, value, stderr, lower, upper."""
+        frames = [self.values_frame().drop(columns=["minus", "plus"]).assign(method="shapley")]
+        if self.banzhaf is not None:
+            frames.append(self.banzhaf.to_frame().assign(method="banzhaf"))
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[["method", *[c for c in frame.columns if c != "method"]]]
+
+    def to_csv(self) -> str:
+        return self.export_frame().to_csv(index=False)
+
+    def to_json_dict(self) -> dict:
+        """{method, confidence, shapley: {objective: {player: {value, lower, upper}}}, banzhaf, efficiency}."""
+        efficiency = self.efficiency_frame().set_index("objective")
+        return {
+            "method": self.shapley.method,
+            "confidence": self.confidence if self.has_intervals else None,
+            "players": list(self.players),
+            "shapley": self.shapley.to_json_dict(),
+            "banzhaf": None if self.banzhaf is None else {
+                o: {p: float(self.banzhaf.values[i, k]) for i, p in enumerate(self.players)}
+                for k, o in enumerate(self.objectives)},
+            "efficiency": {o: {key: float(value) for key, value in row.items()} for o, row in efficiency.iterrows()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2)
+
+
+def value_sources(table: UtilityTable, config: ValuationConfig = ValuationConfig()) -> Valuation:
+    """Shapley values of the table's players, with intervals where the data allow them.
+
+    Exact with per-prompt utilities: a bootstrap over prompts. Permutation Monte Carlo: normal
+    intervals from the standard error of the sampling. Exact without prompts: exact, no interval.
+    """
+    config.validate()
+    players = table.players
+    if not players:
+        raise UtilityError("the utility table has no sources: it holds only the empty coalition")
+    method = config.resolved_method(len(players))
+    with _table_errors("cannot value the sources"):
+        missing = table.missing_coalitions() if len(players) <= 20 else None
+        complete = missing == []
+        if method == "exact" and not complete:
+            raise UtilityError(_missing_message(missing, len(players)))
+        if method == "permutation":
+            shapley = permutation_shapley(players, table, budget_permutations=config.permutations, seed=config.seed,
+                                          confidence=config.confidence, objectives=table.objectives)
+        elif table.prompts is not None and len(table.prompts) > 1 and config.bootstrap > 0:
+            shapley = bootstrap_intervals(players, table, n_boot=config.bootstrap, confidence=config.confidence,
+                                          seed=config.seed)
+        else:
+            shapley = exact_shapley(players, table, objectives=table.objectives)
+        small = complete and len(players) <= EXACT_DEFAULT_MAX_PLAYERS
+        banzhaf = exact_banzhaf(players, table, objectives=table.objectives) if small else None
+        interactions = pairwise_interactions(players, table) if small and len(players) > 1 else None
+    return Valuation(table, shapley, banzhaf, interactions, config.confidence)
+
+
+def _missing_message(missing: list | None, n: int) -> str:
+    if missing is None:
+        return f"exact Shapley over {n} sources needs 2^{n} coalitions: use the permutation method"
+    shown = ", ".join(f"'{coalition_name(c)}'" for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    return (f"the utility table lacks {len(missing)} of the {2 ** n} coalitions exact Shapley needs ({shown}): "
+            "evaluate them, or use the permutation method")
+
+
+# -----------------------------------------------------------------------------
+# text for the command line
+
+
+def _number(x: float) -> str:
+    return f"{x:+.4f}"
+
+
+def format_table(valuation: Valuation, accuracies: pd.DataFrame | None = None) -> str:
+    """A readable aligned table per objective: value, interval, a note where it spans zero; the efficiency check."""
+    shapley, intervals = valuation.shapley, valuation.has_intervals
+    efficiency = valuation.efficiency_frame().set_index("objective")
+    spans = valuation.spans_zero()
+    width = max(len("source"), *map(len, valuation.players))
+    header = f"{valuation.confidence:.0%} interval" if intervals else ""
+    lines = [f"method: {shapley.method}" + ("" if intervals else " (no interval: add a prompt column to bootstrap one)")]
+    for k, objective in enumerate(valuation.objectives):
+        lines += ["", objective, f"  {'source':<{width}}  {'value':>8}  {header}".rstrip()]
+        for i, player in enumerate(valuation.players):
+            row = f"  {player:<{width}}  {_number(shapley.values[i, k]):>8}"
+            if intervals:
+                row += f"  [{_number(shapley.lower[i, k])}, {_number(shapley.upper[i, k])}]"
+            if spans[i, k]:
+                row += "  spans zero: not distinguishable from no effect"
+            lines.append(row)
+        e = efficiency.loc[objective]
+        lines.append(f"  efficiency: sum of values {_number(e.sum_of_values)} vs v(N) - v(empty) = "
+                     f"{e.v_full:.4f} - {e.v_empty:.4f} = {_number(e.v_full - e.v_empty)} (gap {e.gap:.1e})")
+    for row in (accuracies if accuracies is not None else pd.DataFrame()).itertuples():
+        lines += ["", f"reward model {row.objective}: held-out accuracy {row.accuracy:.3f} "
+                      f"[{row.lower:.3f}, {row.upper:.3f}] on {row.pairs:.0f} pairs"
+                      + ("  warning: near chance (the interval includes 0.5)" if row.near_chance else "")]
+    return "\n".join(lines)
