@@ -12,7 +12,11 @@ st.set_page_config(page_title="Source Shapley", page_icon=":material/hub:", layo
 PAGES = [
     st.Page("pages/sources.py", title="Sources", icon=":material/dataset:", default=True),
     st.Page("pages/shapley.py", title="Shapley", icon=":material/bar_chart:"),
+    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 
+# Navigation first, then the sidebar: widgets made after st.navigation keep their state from the
+# very first run (with a pages/ folder, Streamlit's first run otherwise takes its legacy path).
+page = st.navigation(PAGES)
 run_sidebar()
-st.navigation(PAGES).run()
+page.run()

@@ -51,9 +51,9 @@ def run_sidebar() -> None:
                 st.warning(problem)
         else:
             st.caption("No run yet: create one below.")
-        with st.popover("New run", width="stretch"):
+        with st.popover("New run", width="stretch"), st.form("new_run", border=False):
             new_name = st.text_input("Name", placeholder="my-run", help="Letters, digits, '.', '_' or '-'.")
-            if st.button("Create", disabled=not new_name):
+            if st.form_submit_button("Create"):
                 try:
                     create_run(new_name.strip())
                 except RunError as error:

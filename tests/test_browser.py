@@ -1,0 +1,118 @@
+"""End-to-end tests in a real browser (a user's flow: sources, training, playground, Shapley): Debian's chromium driven by Playwright, against the app
+served on localhost with the tiny random model.
+
+On a user's machine without chromium these tests skip with a message; under CI=true they fail.
+Screenshots land in test-artifacts/ (ignored by git).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]
+
+
+def _browser_or_skip() -> str:
+    if Path(CHROMIUM).exists() or shutil.which(CHROMIUM):
+        return CHROMIUM
+    message = f"no chromium at {CHROMIUM}: install it (apt-get install -y chromium) or set CHROMIUM"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """The app, started as a user would (streamlit run), on the tiny model and a fresh runs folder."""
+    _browser_or_skip()
+    port = _free_port()
+    runs = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "VALUATION_MODEL": "tiny", "VALUATION_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail(f"the app did not start within 60 s; see {log.name}")
+    yield url
+    server.terminate()
+    server.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def browser(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=_browser_or_skip(), headless=True,
+            args=CHROMIUM_FLAGS)  # Playwright gives every launch a fresh, empty user-data dir
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url, request):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def wait_for_app(page) -> None:
+    """A Streamlit page has rendered once stApp is present and no script is running."""
+    page.wait_for_selector("[data-testid='stApp']")
+    page.wait_for_function("!document.querySelector(\"[data-testid='stStatusWidget']\")", timeout=120_000)
+    page.wait_for_timeout(500)
+
+
+def create_run(page, app_url: str, name: str) -> None:
+    page.goto(app_url)
+    wait_for_app(page)
+    page.get_by_text("New run").click()
+    page.get_by_placeholder("my-run").fill(name)
+    page.get_by_role("button", name="Create").click()
+    wait_for_app(page)
+
+
+def test_choose_sources(page, app_url):
+    create_run(page, app_url, "browser-sources")
+    expect(page.get_by_role("heading", name="Sources")).to_be_visible()
+    expect(page.get_by_text("helpful-rejection-sampled").first).to_be_visible()
+    page.get_by_role("button", name="Save these sources to the run").click()
+    wait_for_app(page)
+    expect(page.get_by_text("Saved to run 'browser-sources'")).to_be_visible()
