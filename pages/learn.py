@@ -1,0 +1,314 @@
+"""Learn: Shapley values step by step, on the run's own game or on a small example game."""
+
+from __future__ import annotations
+
+from math import factorial
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.colors import hex_to_rgb
+
+from pages.ui import current_run
+from valuation.report import utilities_path
+from valuation.runs import Run
+from valuation.teaching import (
+    ARITHMETIC_FORMULA,
+    GENERAL_FORMULA,
+    MAX_LABELLED_PLAYERS,
+    MAX_LISTED_ORDERS,
+    ArithmeticCosts,
+    Lattice,
+    LessonGame,
+    all_orders,
+    arithmetic_latex,
+    check_axioms,
+    exact_values,
+    formula_latex,
+    formula_terms,
+    lattice,
+    lesson_game,
+    number,
+    shuffled_order,
+    simulate,
+    walkthrough,
+)
+
+CHART_CONFIG = {"toImageButtonOptions": {"format": "png"}}
+PALETTE = px.colors.qualitative.Plotly
+ORDER_KEY, SEED_KEY = "learn_order", "learn_shuffle_seed"
+
+AXIOMS = {
+    "efficiency": "Nothing is lost or invented: the values add up to what all sources together gain over the "
+                  "base model, v(N) − v(∅).",
+    "symmetry": "Two sources that add exactly the same to every coalition get the same value: names don't matter.",
+    "dummy": "A source that adds the same amount to every coalition gets exactly that amount; one that never "
+             "changes anything (a null player) gets 0.",
+    "additivity": "The value of a source in two games added together is its value in one plus its value in the "
+                  "other: that is why a weighted mix of helpfulness and harmlessness can be valued by mixing values.",
+}
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def cached_lesson(run_path: str | None, modified: float) -> LessonGame:
+    """The lesson's game, read again only when the run's utility table changes."""
+    return lesson_game(Run.at(run_path) if run_path else None)
+
+
+def show(figure: go.Figure) -> None:
+    figure.update_layout(margin=dict(t=30, b=10))
+    st.plotly_chart(figure, width="stretch", config=CHART_CONFIG)
+
+
+def colors(names: tuple[str, ...]) -> dict[str, str]:
+    return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(names)}
+
+
+def segments(edges: pd.DataFrame) -> tuple[list, list]:
+    """x and y of many line segments as one trace, separated by None."""
+    xs = [c for e in edges.itertuples() for c in (e.x0, e.x1, None)]
+    ys = [c for e in edges.itertuples() for c in (e.y0, e.y1, None)]
+    return xs, ys
+
+
+def lattice_figure(graph: Lattice, objective: str, players: tuple[str, ...], path: pd.DataFrame) -> go.Figure:
+    """Coalitions as dots by size, coloured by utility; a line per added source, in that source's colour,
+    labelled with its marginal contribution; the join order as a thick dark path."""
+    figure = go.Figure()
+    on_path = graph.edges.set_index(["source", "target"]).index.isin(list(zip(path.before, path.after)))
+    xs, ys = segments(graph.edges[on_path])
+    figure.add_scatter(x=xs, y=ys, mode="lines", line=dict(color="black", width=5), opacity=0.35,
+                       hoverinfo="skip", name="join order (step 2)")
+    for k, (player, color) in enumerate(colors(players).items()):
+        edges = graph.edges[graph.edges.added == player]
+        xs, ys = segments(edges)
+        figure.add_scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=1.5), opacity=0.6,
+                           hoverinfo="skip", name=f"adds {player}", legendgroup=player)
+        # labels sit at a different point along the line for each source, so crossing lines keep theirs apart
+        t = 0.3 + 0.4 * k / max(len(players) - 1, 1)
+        figure.add_scatter(
+            x=(1 - t) * edges.x0 + t * edges.x1, y=(1 - t) * edges.y0 + t * edges.y1,
+            mode="text" if graph.labelled else "markers", text=[f"{m:+.3g}" for m in edges.marginal],
+            textfont=dict(size=11, color=color), marker=dict(size=8, opacity=0), showlegend=False,
+            legendgroup=player, customdata=edges.source.replace("", "∅"),
+            hovertemplate=f"adding {player} to %{{customdata}}: %{{text}}<extra></extra>")
+    nodes = graph.nodes
+    figure.add_scatter(
+        x=nodes.x, y=nodes.y, mode="markers+text" if graph.labelled else "markers", text=nodes.label,
+        textposition="top center", customdata=nodes.utility, showlegend=False,
+        marker=dict(size=18 if graph.labelled else 9, color=nodes.utility, colorscale="Viridis", showscale=True,
+                    colorbar=dict(title=objective, x=1.0, xanchor="left", len=0.6, y=0, yanchor="bottom"),
+                    line=dict(color="white", width=1)),
+        hovertemplate="%{text}<br>v = %{customdata:.4g}<extra></extra>")
+    n = int(nodes["size"].max())
+    return figure.update_layout(
+        height=140 * (n + 1) + 60, xaxis=dict(visible=False), legend=dict(y=1, yanchor="top"),
+        yaxis=dict(title="coalition size |S|", tickvals=list(range(n + 1)), zeroline=False))
+
+
+def walkthrough_figure(steps: pd.DataFrame, objective: str) -> go.Figure:
+    """From v(∅), one step per source in join order, to v(N)."""
+    return go.Figure(go.Waterfall(
+        x=["v(∅)", *[f"+ {s}" for s in steps.source], "v(N)"],
+        measure=["absolute", *["relative"] * len(steps), "total"],
+        y=[steps.v_before.iloc[0], *steps.marginal, 0],
+        text=[number(steps.v_before.iloc[0]), *[f"{m:+.3g}" for m in steps.marginal], number(steps.v_after.iloc[-1])],
+    )).update_layout(yaxis_title=objective, showlegend=False)
+
+
+def simulation_figure(trace: pd.DataFrame, players: tuple[str, ...], objective: str) -> go.Figure:
+    """Running estimates with a 95% band, the exact value as a dotted line of the same colour."""
+    figure = go.Figure()
+    for player, color in colors(players).items():
+        rows = trace[trace.player == player].dropna(subset="stderr")
+        x = pd.concat([rows.permutations, rows.permutations[::-1]])
+        band = pd.concat([rows.estimate + 1.96 * rows.stderr, (rows.estimate - 1.96 * rows.stderr)[::-1]])
+        figure.add_scatter(x=x, y=band, fill="toself", fillcolor=f"rgba{(*hex_to_rgb(color), 0.2)}",
+                           line_width=0, hoverinfo="skip", showlegend=False, legendgroup=player)
+        figure.add_scatter(x=rows.permutations, y=rows.estimate, name=player, line_color=color, legendgroup=player)
+        figure.add_hline(y=rows.exact.iloc[0], line_dash="dot", line_color=color)
+    return figure.update_layout(xaxis_title="permutations sampled", yaxis_title=f"{objective} Shapley value")
+
+
+def cost_figure(n: int) -> go.Figure:
+    sizes = np.arange(1, max(n, 12) + 1)
+    frame = pd.DataFrame({"sources": np.concatenate([sizes, sizes]),
+                          "fine-tunings": np.concatenate([2 ** sizes - 1, sizes]),
+                          "approach": ["one model per coalition"] * len(sizes) + ["one adapter per source"] * len(sizes)})
+    figure = px.line(frame, x="sources", y="fine-tunings", color="approach", markers=True, log_y=True)
+    figure.update_yaxes(dtick=1)  # one tick per power of ten
+    return figure.add_vline(x=n, line_dash="dot", line_color="grey", annotation_text=f"this game: n = {n}")
+
+
+def reset_order(players: tuple[str, ...]) -> None:
+    """A fresh join order when the game changed (or on the first visit)."""
+    if ORDER_KEY not in st.session_state or not set(st.session_state[ORDER_KEY]) <= set(players):
+        st.session_state[ORDER_KEY] = list(players)
+
+
+def shuffle(players: tuple[str, ...]) -> None:
+    st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
+    st.session_state[ORDER_KEY] = shuffled_order(players, st.session_state[SEED_KEY])
+
+
+# =================================================================================================
+
+st.title("Learn")
+st.caption("What a Shapley value is, step by step, until you reach the numbers on the Shapley page.")
+
+run = current_run()
+path = utilities_path(run) if run is not None else None
+game = cached_lesson(str(run.path) if run is not None else None,
+                     path.stat().st_mtime if path is not None and path.is_file() else 0.0)
+table, players = game.table, game.table.players
+n = len(players)
+if game.is_example:
+    st.info(f"Shown: the **example game**, four made-up sources and made-up utilities ({game.reason}). "
+            "Once a run has coalition utilities, this page uses that run's own game.", icon=":material/school:")
+else:
+    st.success(f"Shown: the game of **{game.name}**, from its measured coalition utilities.",
+               icon=":material/school:")
+
+objective = table.objectives[0]
+if len(table.objectives) > 1:
+    objective = st.radio("Objective", table.objectives, horizontal=True,
+                         help="Each reward model defines its own game; the lesson plays one at a time.")
+k = table.objectives.index(objective)
+exact = exact_values(table)
+v_empty, v_full = table.value(frozenset(), objective), table.value(frozenset(players), objective)
+
+reset_order(players)
+chosen = st.session_state[ORDER_KEY]
+order = [*chosen, *[p for p in players if p not in chosen]]
+steps = walkthrough(table, order, objective)
+
+# --- 1. Coalitions -------------------------------------------------------------------------------
+st.header("1. Coalitions and what they are worth")
+st.markdown(
+    f"A **source** is one collection of fine-tuning data. A **coalition** is any group of sources trained "
+    f"together: from none at all (∅, the base model) to all of them (N). Its **utility** v(S) says how good that "
+    f"model is, here the mean *{objective}* reward of its replies to held-out prompts. With n = {n} sources "
+    f"there are 2ⁿ = {2 ** n} coalitions.")
+columns = st.columns(4)
+columns[0].metric("Sources n", n)
+columns[1].metric("Coalitions 2ⁿ", 2 ** n)
+columns[2].metric("v(∅), base model", number(v_empty))
+columns[3].metric("v(N), all sources", number(v_full))
+graph = lattice(table, objective)
+show(lattice_figure(graph, objective, players, steps))
+st.markdown(
+    "Each dot is a coalition, coloured by its utility; each line adds one source (in that source's colour), "
+    "and its number is that source's **marginal contribution** there: v(S ∪ {i}) − v(S), what the source adds to the group it joins. "
+    "The same source adds different amounts to different groups (less if a similar source is already there), "
+    "so how much it is worth is not obvious. The thick dark path is the join order of step 2.")
+if not graph.labelled:
+    st.caption(f"With {n} sources the lattice has {2 ** n} coalitions and {n * 2 ** (n - 1)} lines (it doubles "
+               f"with every source), so the text is hidden beyond {MAX_LABELLED_PLAYERS} sources: hover for numbers.")
+
+# --- 2. One order ----------------------------------------------------------------------------------
+st.header("2. Sources joining one at a time")
+st.markdown(
+    "Imagine the sources arrive one after another. As each joins, it adds its marginal contribution to the "
+    "group already there. Whatever the order, the steps add up to the same total, v(N) − v(∅), but how that "
+    "total is split depends on the order: a source that arrives after a similar one adds little.")
+left, right = st.columns([4, 1])
+left.multiselect("Join order", players, key=ORDER_KEY,
+                 help="Pick sources in the order they join; the ones you leave out join last, in the listed order.")
+right.button("Shuffle", icon=":material/shuffle:", on_click=shuffle, args=(players,), width="stretch")
+show(walkthrough_figure(steps, objective))
+st.dataframe(steps.rename(columns={"before": "joins", "v_before": "v(before)", "v_after": "v(after)"})
+             .drop(columns=["after"]), width="stretch", hide_index=True)
+st.markdown(
+    f"**Why average over orders?** No order is more natural than another, so the fair credit for a source is "
+    f"its marginal contribution averaged over all n! = {factorial(n)} orders. That average is its **Shapley value**.")
+if factorial(n) <= MAX_LISTED_ORDERS:
+    with st.expander(f"All {factorial(n)} orders and their average"):
+        orders = all_orders(table, objective)
+        average = pd.DataFrame([{"order": "average over all orders", **orders[list(players)].mean().to_dict()}])
+        st.dataframe(pd.concat([orders, average], ignore_index=True), width="stretch", hide_index=True)
+
+# --- 3. The formula --------------------------------------------------------------------------------
+st.header("3. The Shapley formula")
+st.markdown(
+    "Listing every order is slow, but only one thing matters for source i: which group S is already there when "
+    "it arrives. The chance that exactly the members of S come before i, in a random order, is "
+    "|S|!(n − |S| − 1)!/n!. Weighting each marginal contribution by that chance gives the formula:")
+st.latex(GENERAL_FORMULA)
+player = st.selectbox("Source", players, help="Write out the formula for this source with the game's numbers.")
+st.latex(formula_latex(table, player, objective))
+with st.expander("The terms as a table"):
+    st.dataframe(formula_terms(table, player, objective).drop(columns="weight"), width="stretch", hide_index=True)
+st.markdown(f"The exact Shapley values of every source on *{objective}*:")
+values = pd.DataFrame({"source": players, "Shapley value": exact[:, k].round(12) + 0.0})
+st.dataframe(values, width="stretch", hide_index=True)
+st.caption("These are the exact values on the Shapley page (the exact method), for this game."
+           if not game.is_example else "On a run's own game these are the exact values of the Shapley page.")
+
+# --- 4. Axioms -------------------------------------------------------------------------------------
+st.header("4. What the axioms guarantee")
+st.markdown("Why this average and not another rule? Shapley values are the **only** way to share the total that "
+            "has all four properties below. Here each is checked on the values above:")
+for check in check_axioms(table, exact, objective):
+    text = f"**{check.axiom.capitalize()}.** {AXIOMS[check.axiom]} Here: {check.detail}."
+    if check.passed is None:
+        st.info(text, icon=":material/remove:")
+    elif check.passed:
+        st.success(text, icon=":material/check:")
+    else:
+        st.warning(text, icon=":material/warning:")
+
+# --- 5. Monte Carlo --------------------------------------------------------------------------------
+st.header("5. When 2ⁿ is too many: sampling orders")
+st.markdown(
+    "With many sources nobody can evaluate every coalition. Instead, draw random orders and average each "
+    "source's marginal contributions in them: a Monte Carlo estimate whose error shrinks like 1/√k with k "
+    "orders. **Antithetic** sampling pairs each order with its reverse, so a source that joins early in one "
+    "joins late in the other, and much of the noise cancels.")
+left, middle, right = st.columns([3, 1, 1])
+budget = left.slider("Permutations", 4, 2000, 200, 4)
+antithetic = middle.toggle("Antithetic pairs", value=True)
+seed = right.number_input("Seed", 0, 10_000, 0)
+simulation = simulate(table, objective, permutations=budget, antithetic=antithetic, seed=int(seed))
+show(simulation_figure(simulation.trace, players, objective))
+worst = simulation.trace[simulation.trace.permutations == simulation.trace.permutations.max()].error.abs().max()
+st.caption(f"Bands: 95% (± 1.96 standard errors); dotted lines: the exact values. After {budget} permutations the "
+           f"largest error is {worst:.2g}; the sampling evaluated {simulation.n_evaluations} distinct coalitions "
+           f"of {2 ** n}.")
+estimate_checks = [c for c in check_axioms(table, simulation.estimate, objective) if c.axiom != "additivity"]
+st.dataframe(pd.DataFrame([{"axiom": c.axiom, "holds for the estimate": {True: "yes", False: "no", None: "—"}[c.passed],
+                            "numbers": c.detail} for c in estimate_checks]), width="stretch", hide_index=True)
+st.caption("Every single order splits v(N) − v(∅) exactly and gives a dummy its constant, so the estimate keeps "
+           "efficiency and dummy; symmetry holds only on average, up to the sampling error.")
+
+# --- 6. Arithmetic ---------------------------------------------------------------------------------
+costs = ArithmeticCosts(n)
+st.header(f"6. Why this needs {n} fine-tunings, not {costs.fine_tunings_without_arithmetic}")
+st.markdown(
+    f"To measure v(S) you need a model trained on the sources of S: one fine-tuning per coalition, "
+    f"{costs.fine_tunings_without_arithmetic} for {n} sources, doubling with each source. Language-model "
+    "arithmetic trains **one adapter per source** and builds any coalition's model while it writes: at every "
+    "token, add the log-probabilities of the coalition's adapters, count the base model π₀ once by subtracting "
+    "it |S| − 1 times, and renormalise (Z).")
+st.latex(ARITHMETIC_FORMULA)
+coalition = st.multiselect("Coalition", players, default=list(players), help="Write out the arithmetic for it.")
+st.latex(arithmetic_latex([p for p in players if p in coalition]))
+st.markdown(
+    r"Why adding works: a source fine-tuned with DPO ends up at $\pi_l \propto \pi_0 \exp(r_l / \beta)$, the base model tilted by "
+    "that source's reward. Multiplying the tilts adds the rewards, so the coalition's model behaves as if trained "
+    "on the sum of its sources' rewards.")
+columns = st.columns(4)
+columns[0].metric("Adapters to train", costs.adapters, help="One per source.")
+columns[1].metric("Models without arithmetic", costs.fine_tunings_without_arithmetic,
+                  help="One per non-empty coalition; the empty coalition is the base model.")
+columns[2].metric("Forward passes per token", costs.forward_passes_per_token,
+                  help=f"Coalition S costs |S| + 1 passes (its adapters and the base); over all {costs.coalitions} "
+                       f"coalitions: {costs.adapter_passes} adapter passes + {costs.base_passes} base passes.")
+columns[3].metric("Passes to score a fixed reply", costs.teacher_forced_passes,
+                  help="Scoring a given reply: n + 1 passes give every coalition's log-probabilities by arithmetic.")
+show(cost_figure(n))
+st.markdown("That is the whole pipeline: train n adapters, build the 2ⁿ coalition models by arithmetic, measure "
+            "each one's utility, and average marginal contributions with the formula of step 3. "
+            + ("The **Shapley** page does this for the run's game." if not game.is_example else
+               "Once a run has coalition utilities, the **Shapley** page does this for its game."))
