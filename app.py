@@ -11,6 +11,9 @@ st.set_page_config(page_title="Source Shapley", page_icon=":material/hub:", layo
 
 PAGES = [
     st.Page("pages/sources.py", title="Sources", icon=":material/dataset:", default=True),
+    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+    st.Page("pages/playground.py", title="Playground", icon=":material/play_arrow:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("pages/shapley.py", title="Shapley", icon=":material/bar_chart:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]

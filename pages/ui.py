@@ -6,13 +6,19 @@ Pages import this module; it holds no valuation logic (that lives in `valuation/
 from __future__ import annotations
 
 import json
+import time
+from typing import TYPE_CHECKING, Callable
 
 import streamlit as st
 
 from valuation.config import DataConfig, to_dict
 from valuation.data import PreferenceData, load_preferences
 from valuation.errors import UserError
+from valuation.jobs import JobStatus, cancel_job, job_status
 from valuation.runs import Run, RunError, create_run, list_runs
+
+if TYPE_CHECKING:
+    from valuation.models import LoadedModel
 
 RUN_KEY = "run_name"
 
@@ -73,5 +79,75 @@ def cached_preferences(config: DataConfig) -> PreferenceData:
     return _load_preferences(json.dumps(to_dict(config), sort_keys=True))
 
 
+@st.cache_resource(show_spinner="Loading the base model and the run's adapters…", max_entries=2)
+def _coalition_model(run_path: str, config_time: float, adapters: tuple[tuple[str, float], ...]) -> LoadedModel:
+    from valuation.adapters import load_adapters
+    from valuation.models import load_model
+
+    run = Run.at(run_path)
+    loaded = load_model(run.load_config().model)
+    if adapters:  # one PeftModel on the base, one adapter per source
+        loaded.model = load_adapters(loaded, run, [source for source, _ in adapters])
+    return loaded
+
+
+def cached_coalition_model(run: Run) -> LoadedModel:
+    """The run's base model with every trained adapter, shared by every session (the engine locks it per
+    forward pass); loaded again when the run's config changes or an adapter is (re)trained."""
+    from valuation.playground import adapter_stamps
+
+    return _coalition_model(str(run.path), run.config_path.stat().st_mtime, adapter_stamps(run))
+
+
 def show_user_error(error: UserError) -> None:
     st.error(str(error), icon=":material/error:")
+
+
+STATE_BADGES = {"queued": ("blue", "hourglass_empty"), "running": ("orange", "progress_activity"),
+                "done": ("green", "check_circle"), "failed": ("red", "error"), "cancelled": ("gray", "cancel")}
+
+
+def job_panel(run: Run, kind: str, details: Callable[[JobStatus | None], None] | None = None, every: float = 2.0) -> None:
+    """The run's background job of this kind: its state, a Cancel button, its error and log tail,
+    polled every `every` seconds while it is active. `details` draws kind-specific progress (it is
+    called with None when the run has no job of this kind); without it, the latest stage's bar."""
+    active_at_load = (first := job_status(run)) is not None and first.active
+
+    @st.fragment(run_every=every if active_at_load else None)
+    def panel() -> None:
+        status = job_status(run)
+        if active_at_load and (status is None or not status.active):
+            st.rerun()  # it just ended: refresh the whole page (forms, results)
+        if status is not None and status.kind != kind:
+            if status.active:
+                st.info(f"A {status.kind} job is running on this run; a {kind} job can start when it ends.")
+            status = None
+        if status is None:
+            st.caption(f"No {kind} job has run on this run yet.")
+        else:
+            color, icon = STATE_BADGES[status.state]
+            left, right = st.columns([4, 1])
+            left.badge(f"{kind} job: {status.state}, started {time.strftime('%H:%M:%S', time.localtime(status.started))}",
+                       color=color, icon=f":material/{icon}:")
+            if status.active and right.button("Cancel", icon=":material/stop:", key=f"cancel-{kind}"):
+                cancel_job(run)
+                st.rerun()
+            if status.error:
+                st.error(status.error)
+        if details is not None:
+            details(status)
+        elif status is not None:
+            latest_step(status)
+        if status is not None:
+            with st.expander("Log", expanded=status.state == "failed"):
+                st.code(status.log_tail or "(empty)", language=None)
+
+    panel()
+
+
+def latest_step(status: JobStatus) -> None:
+    """A progress bar for the job's latest stage (events with stage, done and total)."""
+    steps = [e for e in status.events if e.get("event") == "step" and e.get("total")]
+    if steps:
+        last = steps[-1]
+        st.progress(min(1.0, last["done"] / last["total"]), text=f"{last['stage']}: {last['done']}/{last['total']}")

@@ -147,8 +147,8 @@ def test_run_without_utilities_says_what_to_do(tmp_path: Path) -> None:
 
 def test_reward_accuracies_flag_near_chance_and_tolerate_gaps(tmp_path: Path) -> None:
     rewards = tmp_path / "rewards"
-    for objective, info in {"helpfulness": {"heldout_accuracy": 0.7, "heldout_interval": [0.62, 0.78], "heldout_pairs": 120},
-                            "harmlessness": {"heldout_accuracy": 0.53, "heldout_interval": [0.45, 0.61]},
+    for objective, info in {"helpfulness": {"heldout_accuracy": 0.7, "interval": [0.62, 0.78], "heldout_pairs": 120},
+                            "harmlessness": {"heldout_accuracy": 0.53, "interval": [0.45, 0.61]},
                             "broken": "not json"}.items():
         (rewards / objective).mkdir(parents=True)
         (rewards / objective / "reward.json").write_text(json.dumps(info) if isinstance(info, dict) else info)
@@ -164,7 +164,7 @@ def test_cli_table_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     run = write_run(tmp_path, glove_frame())
     (run / "rewards" / "helpfulness").mkdir(parents=True)
     (run / "rewards" / "helpfulness" / "reward.json").write_text(
-        json.dumps({"heldout_accuracy": 0.55, "heldout_interval": [0.48, 0.62], "heldout_pairs": 200}))
+        json.dumps({"heldout_accuracy": 0.55, "interval": [0.48, 0.62], "heldout_pairs": 200}))
     assert main(["shapley", "--run", str(run)]) == 0
     out = capsys.readouterr().out
     assert "helpfulness" in out and "harmlessness" in out

@@ -25,7 +25,7 @@ def open_page(runs: Path, monkeypatch: pytest.MonkeyPatch, frame: pd.DataFrame |
         frame.to_csv(utilities_path(run), index=False)
     (run.path / "rewards" / "harmlessness").mkdir(parents=True)
     (run.path / "rewards" / "harmlessness" / "reward.json").write_text(
-        json.dumps({"heldout_accuracy": 0.52, "heldout_interval": [0.44, 0.60], "heldout_pairs": 150}))
+        json.dumps({"heldout_accuracy": 0.52, "interval": [0.44, 0.60], "heldout_pairs": 150}))
     at = AppTest.from_file(APP, default_timeout=30)
     at.session_state["run_name"] = "demo"
     at.run()

@@ -14,6 +14,9 @@ from .errors import UserError
 
 COMMANDS = {
     "sources": "List a dataset's sources with pair counts; with --run, record the choice and its split.",
+    "train": "Train one DPO LoRA adapter per source of a run, in the foreground (the app launches it in the background).",
+    "rewards": "Train (or load) a run's reward models and print each held-out accuracy with its 95% interval.",
+    "evaluate": "Sample every coalition model on held-out prompts, score them with reward models, write utilities.",
     "shapley": "Shapley values of the sources from a table of coalition utilities (or a run's), with intervals.",
 }
 
@@ -22,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m valuation", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, summary in COMMANDS.items():
-        sub = commands.add_parser(name, help=summary, description=summary)
+        sub = commands.add_parser(name, help=summary.replace("%", "%%"), description=summary)
         importlib.import_module(f"valuation.commands.{name}").configure(sub)
     return parser
 

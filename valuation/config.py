@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ T = TypeVar("T")
 
 # The repository root; the offline data lies beside it in ../shared/data.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OBJECTIVE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
 def helped(default: Any, help: str) -> Any:
@@ -98,14 +100,75 @@ class DataConfig:
 
 
 @dataclass
+class RewardObjective:
+    name: str = helped("", "Objective name (lower case, e.g. 'helpfulness'): the utility's column and folder name.")
+    sources: list[str] = helped([], "Sources whose reward-split pairs train this objective; empty: every source.")
+    hub_model: str = helped("", "For kind 'hub': a sequence-classification reward model (hub id or local path).")
+
+
+@dataclass
+class RewardConfig:
+    kind: str = helped(
+        "features",
+        "'features' (offline default): a Bradley-Terry head on the base model's frozen hidden states, trained "
+        "on the run's reward split; 'hub': each objective's `hub_model` (online, e.g. Ray2333's GPT-2 models).",
+    )
+    objectives: list[RewardObjective] = helped([], "Reward objectives; empty: the dataset's defaults.")
+    layers: list[int] = helped(
+        [15, 22, 30],
+        "Hidden states read for features (0 = embeddings; SmolLM2-135M has 30 layers). A layer deeper "
+        "than the model is read at its last layer.",
+    )
+    max_length: int = helped(384, "Tokens per scored transcript; longer ones lose their beginning (the reply is kept).")
+    l2: float = helped(
+        3.0,
+        "L2 strength of the Bradley-Terry head on standardised features (loss = mean log-loss + l2/2 |w|^2; "
+        "sklearn's C is 1 / (l2 * pairs)). 3 was best by 5-fold cross-validation on HH-RLHF.",
+    )
+    autocast: str = helped("bfloat16", "Precision of feature extraction: 'bfloat16' autocast (about 3x faster on CPU) or 'float32'.")
+    batch_tokens: int = helped(4096, "Tokens per forward pass of feature extraction (replies to one conversation share it).")
+    batch_size: int = helped(8, "Transcripts per forward pass of a hub reward model.")
+    max_pairs: int = helped(2000, "Cap on each objective's reward pairs, a seeded random subset (0: all).")
+    holdout_fraction: float = helped(0.2, "Share of each objective's pairs (by prompt) held out to measure its accuracy.")
+    seed: int = helped(0, "Seed of the pair subset and the held-out part.")
+
+    def validate(self) -> None:
+        if self.kind not in ("features", "hub"):
+            raise ConfigError(f"rewards.kind={self.kind!r}: use 'features' (offline) or 'hub'.")
+        names = [o.name for o in self.objectives]
+        bad = [n for n in names if not OBJECTIVE_NAME.match(n)]
+        if bad:
+            raise ConfigError(f"rewards.objectives: name(s) {bad} not allowed: use lower-case letters, digits, '_' or '-'.")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"rewards.objectives names an objective twice: {names}.")
+        if self.kind == "hub" and any(not o.hub_model.strip() for o in self.objectives):
+            raise ConfigError("rewards.kind='hub' needs a hub_model for every objective (a hub id or local path).")
+        if not self.layers or min(self.layers) < 0:
+            raise ConfigError(f"rewards.layers={self.layers}: name one or more layers, each 0 or more.")
+        if self.max_length < 16:
+            raise ConfigError(f"rewards.max_length={self.max_length}: use at least 16 tokens.")
+        if not self.l2 > 0:
+            raise ConfigError(f"rewards.l2={self.l2}: use a positive strength (e.g. 3).")
+        if self.autocast not in ("bfloat16", "float32"):
+            raise ConfigError(f"rewards.autocast={self.autocast!r}: use 'bfloat16' or 'float32'.")
+        if self.batch_size < 1 or self.batch_tokens < 2 * self.max_length or self.max_pairs < 0:
+            raise ConfigError("rewards.batch_size must be at least 1, rewards.batch_tokens at least 2 * max_length, "
+                              "and rewards.max_pairs 0 (all) or positive.")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"rewards.holdout_fraction={self.holdout_fraction}: use a share in (0, 1), e.g. 0.2.")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The base model every adapter shares."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The preference data and its split."})
+    rewards: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "The reward models (objectives)."})
     seed: int = helped(0, "Run seed: every per-source seed derives from it and the source's name.")
 
     def validate(self) -> None:
         self.model.validate()
         self.data.validate()
+        self.rewards.validate()
 
 
 def to_dict(config: Any) -> dict[str, Any]:

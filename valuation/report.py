@@ -97,7 +97,7 @@ def reward_accuracies(run: Run | str | PathLike[str]) -> pd.DataFrame:
             info = None
         if not isinstance(info, dict):
             continue
-        interval = info.get("heldout_interval")
+        interval = info.get("interval")
         lower, upper = interval if isinstance(interval, list) and len(interval) == 2 else (np.nan, np.nan)
         rows.append({"objective": path.parent.name, "accuracy": info.get("heldout_accuracy", np.nan),
                      "lower": lower, "upper": upper, "pairs": info.get("heldout_pairs", np.nan)})

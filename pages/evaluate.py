@@ -1,0 +1,102 @@
+"""Evaluate: sample every coalition model on held-out prompts, score the answers with the reward
+models, and store the coalition utilities the Shapley page reads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from pages.ui import job_panel, require_run, show_user_error
+from valuation.adapters import trained_sources
+from valuation.errors import UserError
+from valuation.evaluation import (PRESETS, EXACT_MAX_SOURCES, coalition_rows, coalitions_to_evaluate, estimate_seconds,
+                                  evaluation_dir, load_samples, measured_throughput)
+from valuation.jobs import JobBusyError, launch_job
+from valuation.report import reward_accuracies, utilities_path
+from valuation.commands.evaluate import OVERRIDABLE
+
+BUDGET_MINUTES = 60  # past this estimate, exact enumeration gives way to Monte Carlo
+
+st.title("Evaluate")
+st.caption("Each coalition's model answers the same held-out prompts with the same random seeds; reward models "
+           "score the answers, and a coalition's utility v(S) is its mean reward.")
+
+run = require_run()
+sources = run.load_config().data.sources
+trained = trained_sources(run)
+missing = [s for s in sources if s not in trained]
+if len(sources) < 2 or missing:
+    st.info(f"Train an adapter for every source first (missing: {', '.join(missing) or 'pick sources'}): "
+            "the Training page does it in the background.", icon=":material/model_training:")
+    st.page_link("pages/training.py", label="Go to Training", icon=":material/model_training:")
+    st.stop()
+
+# --- Settings and the cost estimate ------------------------------------------------------------
+preset = st.segmented_control("Preset", sorted(PRESETS), default="quick",
+                              help="quick: a CPU in about a quarter of an hour; paper: a GPU, the paper's scale.")
+defaults = PRESETS[preset or "quick"]
+left, middle, right = st.columns(3)
+settings = dataclasses.replace(
+    defaults,
+    prompts=left.number_input("Prompts", 1, 2000, defaults.prompts, help="Held-out prompts, spread evenly across sources."),
+    samples=middle.number_input("Samples per prompt", 1, 64, defaults.samples),
+    max_new_tokens=right.number_input("Max new tokens", 1, 2048, defaults.max_new_tokens),
+    temperature=left.number_input("Temperature", 0.0, 2.0, defaults.temperature, step=0.1),
+    method=middle.selectbox("Coalitions", ["auto", "exact", "permutation"],
+                            help=f"exact: all 2^n; permutation: those sampled orders visit; auto: exact up to {EXACT_MAX_SOURCES} sources."),
+    permutations=right.number_input("Permutations (Monte Carlo)", 2, 100_000, defaults.permutations),
+)
+try:
+    settings.validate()
+except UserError as error:
+    show_user_error(error)
+    st.stop()
+
+coalitions = coalitions_to_evaluate(sources, settings)
+minutes = estimate_seconds(coalition_rows(coalitions), settings, measured_throughput(run)) / 60
+method = settings.resolved_method(len(sources))
+st.markdown(f"**{len(coalitions)} coalitions** ({method}) × {settings.prompts} prompts × {settings.samples} samples: "
+            f"about **{minutes:.0f} minutes** of generation on this machine, plus scoring"
+            + ("" if not reward_accuracies(run).empty else ", plus training the reward models (about 10 minutes, once)") + ".")
+if method == "exact" and minutes > BUDGET_MINUTES:
+    st.warning(f"Exact enumeration of 2^{len(sources)} coalitions would take over {BUDGET_MINUTES} minutes: choose "
+               "'permutation' to evaluate only the coalitions a Monte Carlo sample of orders visits.")
+
+argv = ["evaluate", "--run", str(run.path), "--preset", preset or "quick"]
+argv += [item for name in OVERRIDABLE if getattr(settings, name) != getattr(defaults, name)
+         for item in (f"--{name.replace('_', '-')}", str(getattr(settings, name)))]
+if st.button("Evaluate coalitions", type="primary", icon=":material/play_arrow:"):
+    try:
+        launch_job(run, "evaluate", argv)
+    except JobBusyError as error:
+        show_user_error(error)
+st.caption(f"Runs in the background as `python -m valuation {' '.join(argv)}`: you can close the browser.")
+
+job_panel(run, "evaluate")
+
+# --- Results -----------------------------------------------------------------------------------
+accuracies = reward_accuracies(run)
+if not accuracies.empty:
+    st.subheader("Reward models")
+    st.dataframe(accuracies, hide_index=True, width="stretch",
+                 column_config={"accuracy": st.column_config.NumberColumn("held-out accuracy", format="%.3f")})
+    for row in accuracies[accuracies.near_chance].itertuples():
+        st.warning(f"The {row.objective} reward model is near chance on held-out pairs "
+                   f"({row.accuracy:.1%}, interval {row.lower:.1%}–{row.upper:.1%}): its Shapley values carry little signal.")
+
+if utilities_path(run).exists():
+    st.page_link("pages/shapley.py", label="Read the Shapley values", icon=":material/bar_chart:")
+    st.subheader("Generations")
+    st.caption("Every stored answer with its rewards: audit a value by reading what each coalition said.")
+    samples = load_samples(run)
+    if not samples.empty:
+        left, right = st.columns(2)
+        coalition = left.selectbox("Coalition", sorted(samples.coalition.unique(), key=lambda c: (c.count("+"), c)))
+        prompt = right.selectbox("Prompt", sorted(samples.prompt_id.unique()))
+        shown = samples[(samples.coalition == coalition) & (samples.prompt_id == prompt)]
+        objectives = [c for c in shown.columns if c not in {"coalition", "prompt_id", "prompt_index", "sample", "text",
+                                                           "tokens", "finished_by_eos", "key", "chunk"}]
+        st.dataframe(shown[["sample", "text", *objectives, "tokens"]], hide_index=True, width="stretch")
+elif evaluation_dir(run).exists():
+    st.caption("No utilities yet: the evaluation writes them chunk by chunk.")

@@ -1,0 +1,90 @@
+"""Training: one DPO LoRA adapter per source, in a background process that outlives this page."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from pages.ui import cached_preferences, job_panel, require_run, show_user_error
+from valuation.adapters import trained_sources
+from valuation.config import field_help
+from valuation.errors import UserError
+from valuation.jobs import JobStatus, job_status
+from valuation.training import PRESETS, TrainConfig, adapter_table, launch_training, source_progress, training_curves
+
+MAIN_SETTINGS = ("max_pairs", "epochs", "learning_rate", "batch_size", "max_length", "max_prompt_length")
+
+st.title("Training")
+st.caption("One LoRA adapter per source, trained with DPO (beta 0.1) on the same base with the same settings. "
+           "Training runs as its own process: reload the page or close the browser, it carries on.")
+
+run = require_run()
+config = run.load_config()
+try:
+    all_sources = config.data.sources or cached_preferences(config.data).sources
+except UserError as error:
+    show_user_error(error)
+    st.stop()
+status = job_status(run)
+busy = status is not None and status.active
+
+# --- Launch --------------------------------------------------------------------------------------
+with st.container(border=True):
+    st.subheader("Launch")
+    preset = st.segmented_control("Preset", list(PRESETS), default="quick", disabled=busy,
+                                  help="quick: a CPU in minutes (a couple hundred pairs a source, short sequences). "
+                                       "paper: a GPU, every pair, longer sequences.") or "quick"
+    trained = trained_sources(run)
+    sources = st.multiselect("Sources", all_sources, default=all_sources, disabled=busy,
+                             help="Sources already trained are skipped unless you retrain them.")
+    defaults = PRESETS[preset]
+    overrides = {}
+    with st.expander("Settings"):
+        columns = st.columns(3)
+        for i, name in enumerate(MAIN_SETTINGS):
+            value = getattr(defaults, name)
+            chosen = columns[i % 3].number_input(name.replace("_", " "), value=value, key=f"{preset}-{name}",
+                                                 step=value / 2 if isinstance(value, float) else 1,
+                                                 help=field_help(TrainConfig, name), disabled=busy,
+                                                 format="%g" if isinstance(value, float) else "%d")
+            if chosen != value:
+                overrides[name] = type(value)(chosen)
+    retrain = st.checkbox("Retrain sources that already have an adapter", disabled=busy or not trained)
+    todo = [s for s in sources if retrain or s not in trained]
+    st.caption(f"Will train {len(todo)} source(s): {', '.join(todo) or 'none'}."
+               + (f" Already trained: {', '.join(trained)}." if trained else ""))
+    if st.button("Launch training", type="primary", disabled=busy or not todo, icon=":material/play_arrow:"):
+        try:
+            launch_training(run, preset, sources, overrides, retrain=retrain)
+        except UserError as error:
+            show_user_error(error)
+        else:
+            st.rerun()
+
+
+# --- The job, polled while it runs -----------------------------------------------------------------
+def training_progress(status: JobStatus | None) -> None:
+    """A bar per source, and the loss and margin curves: live from the job, else from the adapters."""
+    events = status.events if status is not None else []
+    for entry in source_progress(events):
+        eta = f", about {entry.eta_s / 60:.1f} min left" if entry.state == "training" and entry.eta_s else ""
+        steps = f" step {entry.step}/{entry.total}" if entry.total else ""
+        st.progress(entry.fraction, text=f"{entry.source}: {entry.state}{steps}{eta}")
+    curves = training_curves(run, events)
+    if not curves.empty:
+        loss, margin = st.columns(2)
+        loss.plotly_chart(px.line(curves, x="step", y="loss", color="source", title="DPO loss"), key="loss")
+        margin.plotly_chart(px.line(curves, x="step", y="margin", color="source", title="Reward margin (chosen - rejected)"),
+                            key="margin")
+
+
+st.subheader("Job")
+job_panel(run, "train", details=training_progress)
+
+# --- What is trained -------------------------------------------------------------------------------
+st.subheader("Trained adapters")
+table = adapter_table(run)
+if table.empty:
+    st.caption("None yet.")
+else:
+    st.dataframe(table, hide_index=True)

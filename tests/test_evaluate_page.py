@@ -1,0 +1,42 @@
+"""The Evaluate page: empty state, the cost estimate, launching, and reading stored generations."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from conftest import APP, random_adapter_run
+from test_evaluation import REWARDS, TINY
+from valuation.evaluation import evaluate_run
+from valuation.jobs import cancel_job, wait_for_job
+from valuation.runs import create_run
+
+
+def _page(name: str) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["run_name"] = name
+    app.switch_page("pages/evaluate.py")
+    return app.run()
+
+
+def test_without_adapters_the_page_says_to_train_first(runs_dir):
+    create_run("fresh")
+    app = _page("fresh")
+    assert not app.exception
+    assert any("Train an adapter" in i.value for i in app.info)
+
+
+def test_estimate_launch_and_audit(runs_dir):
+    run = random_adapter_run(runs_dir, "ready", ["harmless-base", "helpful-base"], rewards=REWARDS, eval_prompts=4)
+    app = _page("ready")
+    assert not app.exception
+    assert any("4 coalitions" in m.value for m in app.markdown)
+    evaluate_run(run, TINY, log=lambda _: None)
+    app = _page("ready")
+    assert not app.exception
+    assert len(app.dataframe) == 2  # reward models, generations
+    app.number_input[0].set_value(1).run()  # prompts
+    next(b for b in app.button if b.label == "Evaluate coalitions").click().run()
+    assert not app.exception
+    status = wait_for_job(run, timeout_s=300)
+    cancel_job(run)  # never leave a job behind a failed assertion
+    assert status.kind == "evaluate" and status.state == "done", status.log_tail

@@ -1,0 +1,181 @@
+"""The playground: columns and their requests, streaming side by side, and the page on the tiny model."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from streamlit.testing.v1 import AppTest
+
+from conftest import APP, table_rows, write_jsonl
+from valuation.adapters import load_adapters, save_adapter
+from valuation.arithmetic import GenerationRequest, SamplingSettings, sample_coalitions
+from valuation.config import DataConfig, ModelConfig, RunConfig
+from valuation.models import load_model
+from valuation.playground import (
+    Column,
+    adapter_stamps,
+    column_requests,
+    default_columns,
+    example_prompts,
+    stream_columns,
+    with_last_user_turn,
+)
+from valuation.runs import Run, create_run
+from valuation.splits import EvalPrompt
+
+SOURCES = ["alpha", "beta"]
+MESSAGES = [{"role": "user", "content": "How do plants grow?"}]
+SETTINGS = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=6, seed=5)
+
+
+def make_run(root: Path, name: str = "demo", sources: list[str] = SOURCES) -> Run:
+    """A run on the tiny model whose sources have random (untrained, but non-trivial) LoRA adapters."""
+    data = write_jsonl(root / f"{name}.jsonl", [row for s in ["alpha", "beta"] for row in table_rows(s, 40)])
+    run = create_run(name, RunConfig(model=ModelConfig(name="tiny", device="cpu"), data=DataConfig(dataset=str(data))), root)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    for seed, source in enumerate(sources):
+        torch.manual_seed(seed)
+        model = get_peft_model(load_model(ModelConfig(name="tiny", device="cpu")).model, lora)
+        save_adapter(model, run, source, {"source": source, "beta": 0.1, "base_model": "tiny"})
+    return run
+
+
+@pytest.fixture(scope="module")
+def coalition_model(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("runs"))
+    loaded = load_model(ModelConfig(name="tiny", device="cpu"))
+    return load_adapters(loaded, run), loaded.tokenizer
+
+
+# -----------------------------------------------------------------------------
+# the library
+
+
+def test_columns_open_with_singletons_then_the_grand_coalition() -> None:
+    assert default_columns([]) == []
+    assert default_columns(["a"]) == [Column(("a",))]
+    assert default_columns(["a", "b"]) == [Column(("a",)), Column(("b",)), Column(("a", "b"))]
+    assert default_columns(list("abcde")) == [Column(("a",)), Column(("b",)), Column(("c",)), Column(tuple("abcde"))]
+
+
+def test_column_titles_and_formulas() -> None:
+    assert (Column().title, Column().formula) == ("base model", "log π = log π_0")
+    assert Column(("a", "b")).formula == "log π = log π_a + log π_b − log π_0"
+    assert Column(("a",), merged=True).formula == "log π = log π_a"  # one adapter: nothing to merge
+    merged = Column(("a", "b"), merged=True)
+    assert merged.is_merge and merged.formula == "π = π_0 with ΔW = ΔW_a + ΔW_b (weight-space merge)"
+
+
+def test_every_column_asks_for_the_same_prompt_and_draws(coalition_model) -> None:
+    model, _ = coalition_model
+    columns = [Column(), Column(("alpha",)), Column(("alpha", "beta")), Column(("alpha", "beta"), merged=True)]
+    requests = column_requests(model, columns, MESSAGES)
+    assert [r.coalition for r in requests] == [(), ("alpha",), ("alpha", "beta"), ("merge:alpha+beta",)]
+    assert {(r.prompt_index, r.sample_index) for r in requests} == {(0, 0)}
+    assert all(r.messages == MESSAGES for r in requests)
+    assert "merge:alpha+beta" in model.peft_config
+
+
+def test_streamed_columns_match_the_sampler(coalition_model) -> None:
+    model, tokenizer = coalition_model
+    columns = [Column(), Column(("alpha",)), Column(("alpha", "beta")), Column(("alpha",))]
+    steps = list(stream_columns(model, tokenizer, columns, MESSAGES, SETTINGS))
+    final = steps[-1]
+    expected = sample_coalitions(model, tokenizer, [GenerationRequest(c.sources, MESSAGES) for c in columns], SETTINGS)
+    assert [o.text for o in final] == [g.text for g in expected]
+    assert [o.tokens for o in final] == [g.num_tokens for g in expected]
+    assert final[1].text == final[3].text  # the same coalition twice: the same draws, the same answer
+    assert len(steps) == max(o.tokens for o in final)
+    assert all(o.status in ("end of text", "token limit") and o.seconds > 0 for o in final)
+    assert final[0].caption.startswith(f"{final[0].tokens} tokens · ")
+
+
+def test_a_stop_ends_every_column(coalition_model) -> None:
+    model, tokenizer = coalition_model
+    stop = threading.Event()
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=50, seed=5)
+    stream = stream_columns(model, tokenizer, [Column(), Column(("beta",))], MESSAGES, settings, stop)
+    next(stream)
+    stop.set()
+    final = list(stream)[-1]
+    assert all(o.tokens <= 2 for o in final)
+    assert {o.status for o in final} <= {"stopped", "end of text"}
+
+
+def test_prompts_and_conversations() -> None:
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "x" * 100}]
+    examples = example_prompts([EvalPrompt("a:1", "a", conversation), EvalPrompt("b:2", "b", MESSAGES)])
+    assert list(examples) == [f"a: {'x' * 70}…", "b: How do plants grow?"]
+    edited = with_last_user_turn(conversation, "Why?")
+    assert edited[:2] == conversation[:2] and edited[2] == {"role": "user", "content": "Why?"}
+    assert with_last_user_turn([], "Why?") == [{"role": "user", "content": "Why?"}]
+
+
+def test_adapter_stamps_change_when_an_adapter_is_retrained(tmp_path: Path) -> None:
+    run = make_run(tmp_path, sources=["alpha"])
+    before = adapter_stamps(run)
+    assert [source for source, _ in before] == ["alpha"]
+    record = run.path / "adapters" / "alpha" / "training.json"
+    os.utime(record, (before[0][1] + 5, before[0][1] + 5))
+    assert adapter_stamps(run) != before
+
+
+# -----------------------------------------------------------------------------
+# the page
+
+
+def open_page(runs: Path, name: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["run_name"] = name
+    at.switch_page("pages/playground.py")
+    at.run()
+    (max_tokens,) = [n for n in at.number_input if n.label == "Max tokens"]
+    return max_tokens.set_value(5).run()
+
+
+def test_page_streams_every_column(runs_dir: Path) -> None:
+    make_run(runs_dir)
+    at = open_page(runs_dir, "demo")
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Playground"]
+    captions = [c.value for c in at.caption]
+    for formula in ["log π = log π_0", "log π = log π_alpha", "log π = log π_beta", "log π = log π_alpha + log π_beta − log π_0"]:
+        assert formula in captions
+    prompt = at.selectbox[0]
+    assert prompt.options[0] == "Write your own prompt" and prompt.value == prompt.options[1]  # a held-out example
+    assert at.text_area[0].value.startswith(("alpha question", "beta question"))
+
+    (generate,) = [b for b in at.button if b.label == "Generate"]
+    generate.click().run()
+    assert not at.exception
+    texts = [t.value for t in at.text]
+    assert len(texts) == 4 and all(texts)  # the base model and three coalition columns
+    assert sum("tokens ·" in c for c in [c.value for c in at.caption]) == 4
+
+    at.toggle(key="playground_merge_3").set_value(True).run()  # the grand coalition, merged in weight space
+    assert any("weight-space merge" in c.value for c in at.caption)
+    (generate,) = [b for b in at.button if b.label == "Generate"]
+    generate.click().run()
+    assert not at.exception and len(at.text) == 4
+
+
+def test_page_without_adapters_explains_and_keeps_the_base_model(runs_dir: Path) -> None:
+    make_run(runs_dir, "bare", sources=[])
+    at = open_page(runs_dir, "bare")
+    assert not at.exception
+    assert "Train adapters on the Training page first" in at.info[0].value
+    at.selectbox[0].set_value("Write your own prompt").run()
+    (generate,) = [b for b in at.button if b.label == "Generate"]
+    generate.click().run()
+    assert "Write a message first" in at.warning[0].value
+    at.text_area[0].set_value("Hi").run()
+    (generate,) = [b for b in at.button if b.label == "Generate"]
+    generate.click().run()
+    assert not at.exception
+    assert len(at.text) == 1 and at.text[0].value

@@ -1,0 +1,141 @@
+"""Adapter training on the tiny random model, through the real background process and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from valuation import cli
+from valuation.adapters import AdapterError, adapter_dir, check_compatible, load_adapters, trained_sources
+from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from valuation.jobs import job_status, read_job, wait_for_job
+from valuation.runs import Run, create_run
+from valuation.training import (PRESETS, TrainConfig, launch_training, preset_config, select_pairs, source_progress,
+                                source_seed, train_argv, training_curves)
+
+SOURCES = ["harmless-base", "helpful-base"]
+# Seconds per source on the tiny model: two or three optimiser steps on short sequences.
+TINY = {"max_pairs": 4, "batch_size": 2, "max_length": 64, "max_prompt_length": 48, "epochs": 1.0}
+
+
+@pytest.fixture
+def run(runs_dir: Path) -> Run:
+    return create_run("train", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)), root=runs_dir)
+
+
+def test_presets_overrides_and_validation() -> None:
+    quick = preset_config("quick")
+    assert (quick.beta, quick.lora_r, quick.lora_alpha) == (0.1, 8, 16)
+    assert quick.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert preset_config("paper").max_pairs == 0  # whole sources
+    assert preset_config("quick", epochs=2, max_pairs=10).epochs == 2.0
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        preset_config("quick", max_length=64, max_prompt_length=64)
+    with pytest.raises(ConfigError, match="preset"):
+        preset_config("huge")
+
+
+def test_seed_depends_on_run_seed_and_name_only() -> None:
+    assert source_seed(0, "helpful-base") == source_seed(0, "helpful-base")
+    assert len({source_seed(0, "a"), source_seed(0, "b"), source_seed(1, "a")}) == 3
+
+
+def test_argv_round_trips_through_the_command_line() -> None:
+    overrides = {"max_pairs": 7, "learning_rate": 1e-3, "precompute_ref": False, "lora_targets": ["q_proj", "v_proj"]}
+    argv = train_argv(Run(Path("runs/x")), "paper", ["a", "b"], overrides, retrain=True)
+    args = cli.build_parser().parse_args(argv)
+    assert (args.preset, args.sources, args.retrain) == ("paper", ["a", "b"], True)
+    parsed = {name: getattr(args, name) for name in overrides}
+    assert parsed == overrides
+    assert args.epochs is None  # not overridden: the preset's value applies
+
+
+def test_select_pairs_caps_and_counts_dropped() -> None:
+    from valuation.data import PreferencePair
+    from valuation.models import load_tokenizer, model_path
+
+    tokenizer = load_tokenizer(model_path("tiny"))
+    long, short = "word " * 200, "hi"
+    pairs = [PreferencePair("s", [{"role": "user", "content": text}], "yes", "no", i)
+             for i, text in enumerate([long, short, long, short, short])]
+    selected = select_pairs(pairs, tokenizer, TrainConfig(max_pairs=2, max_prompt_length=64, max_length=96))
+    assert len(selected.rows) == 2 and selected.dropped == 2  # stops once two fit
+    assert selected.rows[0]["chosen"] == [{"role": "assistant", "content": "yes"}]
+
+
+def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
+    job = launch_training(run, "quick", [], TINY)
+    assert job_status(run).state in ("queued", "running")
+    status = wait_for_job(run, timeout_s=300)
+    assert status.state == "done", status.log_tail
+
+    assert trained_sources(run) == SOURCES
+    progress = source_progress(status.events)
+    assert [(p.source, p.state, p.fraction) for p in progress] == [(s, "done", 1.0) for s in SOURCES]
+    steps = [e for e in status.events if e["event"] == "step"]
+    assert {"loss", "accuracy", "margin", "eta", "elapsed", "total"} <= set(steps[0])
+    assert set(training_curves(run, status.events).source) == set(SOURCES)
+
+    record = json.loads((adapter_dir(run, "helpful-base") / "training.json").read_text())
+    assert record["beta"] == 0.1 and record["base_model"] == "tiny"
+    assert record["seed"] == source_seed(0, "helpful-base")
+    assert record["pairs_used"] == 4 and record["pairs_dropped_by_length"] >= 0
+    assert record["settings"]["max_length"] == 64 and record["history"]
+    assert not list(adapter_dir(run, "helpful-base").glob("*.bin"))
+
+    from valuation.models import load_model
+
+    model = load_adapters(load_model(ModelConfig(name="tiny")), run)
+    assert sorted(model.peft_config) == SOURCES and not model.training
+    assert read_job(run).argv[:3] == ["train", "--run", str(run.path)]
+
+
+def test_a_killed_job_leaves_no_adapter_and_a_relaunch_completes_it(run: Run) -> None:
+    job = launch_training(run, "quick", [], {**TINY, "max_pairs": 6})  # three steps a source
+    deadline = time.monotonic() + 300
+    while not any(e["event"] == "step" for e in job_status(run).events):
+        assert time.monotonic() < deadline and job_status(run).active
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # as the OOM killer would: no chance to clean up
+    status = wait_for_job(run, timeout_s=30)
+    assert status.state == "failed" and "without recording a result" in status.error
+    assert "harmless-base" not in trained_sources(run)  # it was mid-training
+    with pytest.raises(AdapterError):
+        load_adapters(object(), run, ["harmless-base"])
+    leftover = run.path / "adapters" / ".harmless-base.tmp-killed"  # as if killed while saving
+    leftover.mkdir(parents=True)
+    (leftover / "adapter_config.json").write_text("{}")
+    assert trained_sources(run) in ([], ["helpful-base"])
+
+    # The relaunch (here from the command line) trains what is missing and cleans the leftovers.
+    argv = train_argv(run, "quick", [], {**TINY, "max_pairs": 6})
+    assert cli.main(argv) == 0
+    assert trained_sources(run) == SOURCES and not leftover.exists()
+    assert job_status(run).state == "done"
+
+    # Nothing left to do: a second relaunch skips both; other settings are refused, not mixed in.
+    assert cli.main(argv) == 0
+    assert [p.state for p in source_progress(job_status(run).events)] == ["skipped", "skipped"]
+    assert cli.main(train_argv(run, "quick", [], {**TINY, "max_pairs": 6, "max_length": 80})) == 2
+    assert "other settings" in job_status(run).error
+
+
+def test_adapters_with_another_beta_or_base_are_refused() -> None:
+    same = {"beta": 0.1, "base_model": "tiny"}
+    check_compatible({"a": same, "b": dict(same)}, "tiny")
+    with pytest.raises(AdapterError, match="beta"):
+        check_compatible({"a": same, "b": {**same, "beta": 0.2}})
+    with pytest.raises(AdapterError, match="base model"):
+        check_compatible({"a": same, "b": same}, "embedded")
+    with pytest.raises(AdapterError, match="base model"):
+        check_compatible({"a": same, "b": {**same, "base_model": "embedded"}})
+
+
+def test_presets_are_valid() -> None:
+    for name, preset in PRESETS.items():
+        preset.validate()

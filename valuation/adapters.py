@@ -1,0 +1,135 @@
+"""Trained adapters: one LoRA adapter per source, saved in the run, loaded together on one base.
+
+    <run>/adapters/<source>/
+        adapter_config.json          PEFT's config (it records an absolute base path: never trusted)
+        adapter_model.safetensors    the LoRA weights (safetensors only, never pickles)
+        training.json                how it was trained: settings, beta, base model, LoRA, seed,
+                                     pairs used and dropped, final metrics, curve, wall time
+
+An adapter directory is written whole or not at all (`storage.atomic_dir`), so a directory that
+exists with these three files is a finished adapter; temporary ones start with a dot.
+
+Coalition arithmetic (sum of adapters' log-probs + (1 - |S|) times the base's) is only meaningful
+for adapters trained with the same beta on the same base, so loading refuses any other mix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .runs import Run
+from .storage import atomic_dir, atomic_write_json
+
+RECORD_FILE = "training.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+BASE_ADAPTER = "__base__"  # the name the engine uses for the base model in a mixed batch
+
+
+class AdapterError(UserError):
+    """Adapters that are missing or cannot be combined; the message says why."""
+
+
+def adapters_dir(run: Run) -> Path:
+    return run.path / "adapters"
+
+
+def adapter_dir(run: Run, source: str) -> Path:
+    return adapters_dir(run) / source
+
+
+def check_adapter_name(source: str) -> str:
+    """PEFT keeps adapters in module dicts: a '.' in a name breaks them, and one name is reserved."""
+    if not source or "." in source or source == BASE_ADAPTER:
+        raise AdapterError(f"Source name {source!r} cannot name an adapter: it must be non-empty, without '.', "
+                           f"and not {BASE_ADAPTER!r}. Rename the source in the data.")
+    return source
+
+
+def is_complete(folder: Path) -> bool:
+    return not folder.name.startswith(".") and all((folder / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, RECORD_FILE))
+
+
+def trained_sources(run: Run) -> list[str]:
+    """Sources with a finished adapter in the run, sorted."""
+    folder = adapters_dir(run)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and is_complete(p))
+
+
+def read_record(run: Run, source: str) -> dict[str, Any]:
+    """The training record saved beside a source's adapter."""
+    path = adapter_dir(run, source) / RECORD_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterError(f"Source {source!r} has no trained adapter in run {run.name!r}: train it first.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AdapterError(f"{path} is corrupt: retrain source {source!r} (train --retrain --sources {source}).") from None
+
+
+def save_adapter(model: Any, run: Run, source: str, record: dict[str, Any]) -> Path:
+    """Write a PEFT model's active adapter and its record; the directory appears only when complete."""
+    target = adapter_dir(run, check_adapter_name(source))
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        atomic_write_json(tmp / RECORD_FILE, record)
+    return target
+
+
+def remove_partial_adapters(run: Run) -> None:
+    """Delete temporary directories a killed job left behind (call only while holding the run's lock)."""
+    import shutil
+
+    folder = adapters_dir(run)
+    for leftover in folder.glob(".*.tmp-*") if folder.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_compatible(records: dict[str, dict[str, Any]], base_model: str | None = None) -> None:
+    """Refuse adapters that cannot be combined: different beta, or a base other than `base_model`."""
+    betas = {source: r.get("beta") for source, r in records.items()}
+    if len(set(betas.values())) > 1:
+        raise AdapterError(
+            f"These adapters were trained with different beta values {betas}: the coalition arithmetic needs one "
+            "beta for all. Retrain the odd ones with the same settings."
+        )
+    bases = {source: r.get("base_model") for source, r in records.items()}
+    expected = {base_model} if base_model is not None else set(bases.values())
+    if len(set(bases.values()) | expected) > 1:
+        loaded = f" onto base model {base_model!r}" if base_model is not None else ""
+        raise AdapterError(
+            f"Cannot load adapters trained on different base models {bases}{loaded}: every adapter must share "
+            "the base it is combined with. Use the run's model or retrain the adapters."
+        )
+
+
+def load_adapters(loaded: Any, run: Run, sources: list[str] | None = None) -> Any:
+    """One PeftModel on `loaded.model` with one adapter per source, named by the source, in eval mode.
+
+    `loaded` is a `models.LoadedModel`; its model is wrapped in place (one base in memory) and
+    `loaded.model` becomes the wrapper.
+    """
+    from peft import PeftModel
+
+    trained = trained_sources(run)
+    sources = list(sources) if sources is not None else trained
+    if not sources:
+        raise AdapterError(f"Run {run.name!r} has no trained adapters yet: train the sources first.")
+    missing = [s for s in sources if s not in trained]
+    if missing:
+        raise AdapterError(f"No trained adapter for {missing} in run {run.name!r} (trained: {trained or 'none'}).")
+    check_compatible({s: read_record(run, s) for s in sources}, loaded.name)
+    first, *rest = [check_adapter_name(s) for s in sources]
+    # The saved config names the base by an absolute path; the base given here is used instead.
+    model = PeftModel.from_pretrained(loaded.model, adapter_dir(run, first), adapter_name=first, is_trainable=False)
+    for source in rest:
+        model.load_adapter(adapter_dir(run, source), adapter_name=source, is_trainable=False)
+    # The LoRA layers now live inside the base's modules: whoever holds `loaded` (a reward model's
+    # feature extractor, say) must see the wrapper, which can switch the adapters off.
+    loaded.model = model.eval()
+    return loaded.model

@@ -1,0 +1,144 @@
+"""The playground: one prompt answered side by side by the base model and a few coalition models.
+
+A column is a coalition of the run's sources. Its model is not trained: it is the log-probability
+arithmetic of `arithmetic.py`, log pi_S = sum_{l in S} log pi_l + (1 - |S|) log pi_0 - log Z, or, as
+an ablation, the members' LoRA updates merged in weight space (`merging.py`).
+
+All columns decode together in one `stream_coalitions` call with the same prompt and the same
+(prompt, sample) indices, so they share one stream of random numbers: where two columns'
+distributions agree they draw the same token, and where they differ the difference is the models',
+not the dice's (common random numbers).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .adapters import RECORD_FILE, adapter_dir, trained_sources
+from .arithmetic import Coalition, GenerationRequest, Messages, SamplingSettings, formula, stream_coalitions
+from .runs import Run
+from .splits import EvalPrompt
+
+MAX_COLUMNS = 4  # coalition columns beside the base model's
+
+
+@dataclass(frozen=True)
+class Column:
+    """What one column samples from: a coalition, by arithmetic or (ablation) by a weight-space merge."""
+
+    sources: Coalition = ()
+    merged: bool = False
+
+    @property
+    def is_merge(self) -> bool:
+        return self.merged and len(self.sources) > 1  # a merge of one adapter is that adapter
+
+    @property
+    def title(self) -> str:
+        return " + ".join(self.sources) if self.sources else "base model"
+
+    @property
+    def formula(self) -> str:
+        if self.is_merge:
+            return f"π = π_0 with ΔW = {' + '.join(f'ΔW_{s}' for s in self.sources)} (weight-space merge)"
+        return formula(self.sources)
+
+
+def default_columns(sources: Sequence[str]) -> list[Column]:
+    """What the page opens with: singletons of the first sources, then the grand coalition of all of them."""
+    singletons = [Column((source,)) for source in sources]
+    if len(sources) < 2:
+        return singletons
+    return singletons[: MAX_COLUMNS - 1] + [Column(tuple(sources))]
+
+
+def column_coalition(model: torch.nn.Module, column: Column) -> Coalition:
+    """The coalition the engine samples: the members, or the one merged adapter standing for them."""
+    if not column.is_merge:
+        return column.sources
+    from .merging import merged_coalition_adapter  # imports peft: only when a merge is asked for
+
+    return (merged_coalition_adapter(model, column.sources, "cat"),)
+
+
+def column_requests(model: torch.nn.Module, columns: Sequence[Column], messages: Messages) -> list[GenerationRequest]:
+    """One request per column, all with prompt 0 and sample 0: every column gets the same random draws."""
+    return [GenerationRequest(column_coalition(model, column), messages, prompt_index=0, sample_index=0)
+            for column in columns]
+
+
+# -----------------------------------------------------------------------------
+# streaming
+
+
+@dataclass
+class ColumnOutput:
+    text: str = ""
+    tokens: int = 0
+    seconds: float = 0.0
+    status: str = "generating"  # "generating", then "end of text", "token limit" or "stopped"
+
+    @property
+    def caption(self) -> str:
+        return f"{self.tokens} tokens · {self.seconds:.1f} s · {self.status}"
+
+
+def stream_columns(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, columns: Sequence[Column],
+                   messages: Messages, settings: SamplingSettings,
+                   stop_event: threading.Event | None = None) -> Iterator[list[ColumnOutput]]:
+    """Every column's output so far, after each decoding step (the same list, updated in place)."""
+    requests = column_requests(model, columns, messages)
+    outputs = [ColumnOutput() for _ in columns]
+    start = time.perf_counter()
+    for update in stream_coalitions(model, tokenizer, requests, settings, stop_event):
+        for index, piece in update.pieces.items():
+            output = outputs[index]
+            output.text, output.tokens, output.seconds = output.text + piece, output.tokens + 1, time.perf_counter() - start
+        for index, generation in update.finished.items():
+            stopped = stop_event is not None and stop_event.is_set()
+            status = "end of text" if generation.finished_by_eos else "stopped" if stopped else "token limit"
+            outputs[index] = ColumnOutput(generation.text, generation.num_tokens, generation.seconds, status)
+        yield outputs
+
+
+def mark_stopped(outputs: Sequence[ColumnOutput]) -> None:
+    """Outputs whose generation was interrupted before they finished."""
+    for output in outputs:
+        if output.status == "generating":
+            output.status = "stopped"
+
+
+# -----------------------------------------------------------------------------
+# prompts and adapters
+
+
+def example_prompts(prompts: Sequence[EvalPrompt], count: int = 6) -> dict[str, Messages]:
+    """A few held-out evaluation prompts (never trained on), labelled by source and last user turn."""
+    examples = {}
+    for prompt in prompts[:count]:
+        turn = last_user_turn(prompt.messages)
+        examples[f"{prompt.source}: {turn[:70]}{'…' if len(turn) > 70 else ''}"] = prompt.messages
+    return examples
+
+
+def last_user_turn(messages: Messages) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def with_last_user_turn(messages: Messages, text: str) -> Messages:
+    """The conversation with its last user turn replaced by `text` (a new conversation if it has none)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        return [{"role": "user", "content": text}]
+    return [*messages[:last], {"role": "user", "content": text}, *messages[last + 1:]]
+
+
+def adapter_stamps(run: Run) -> tuple[tuple[str, float], ...]:
+    """(source, modification time of its training record) for every trained adapter: changes when one is retrained."""
+    return tuple((source, (adapter_dir(run, source) / RECORD_FILE).stat().st_mtime) for source in trained_sources(run))
