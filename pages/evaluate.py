@@ -14,6 +14,7 @@ from valuation.evaluation import (PRESETS, EXACT_MAX_SOURCES, coalition_rows, co
                                   evaluation_dir, load_samples, measured_throughput)
 from valuation.jobs import JobBusyError, launch_job
 from valuation.report import reward_accuracies, utilities_path
+from valuation.rewards import default_reward_config
 from valuation.commands.evaluate import OVERRIDABLE
 
 BUDGET_MINUTES = 60  # past this estimate, exact enumeration gives way to Monte Carlo
@@ -47,8 +48,25 @@ settings = dataclasses.replace(
                             help=f"exact: all 2^n; permutation: those sampled orders visit; auto: exact up to {EXACT_MAX_SOURCES} sources."),
     permutations=right.number_input("Permutations (Monte Carlo)", 2, 100_000, defaults.permutations),
 )
+run_config = run.load_config()
+with st.expander("Reward models"):
+    st.caption("The offline default trains Bradley-Terry heads on the base model's frozen hidden states, on reward "
+               "pairs kept apart from every source's training pairs and from the evaluation prompts. Online, the "
+               "hub option scores with Ray2333's GPT-2 helpful and harmless reward models.")
+    left, middle, right = st.columns(3)
+    rewards = dataclasses.replace(
+        run_config.rewards,
+        kind=left.selectbox("Kind", ["features", "hub"], index=["features", "hub"].index(run_config.rewards.kind)),
+        max_pairs=middle.number_input("Pairs per reward model", 0, 100_000, run_config.rewards.max_pairs,
+                                      help="0: every reward pair. Fewer pairs train faster and judge worse."),
+        max_length=right.number_input("Max tokens per transcript", 16, 4096, run_config.rewards.max_length),
+    )
+    if rewards.kind == "hub" and run_config.rewards.kind != "hub":
+        rewards = dataclasses.replace(default_reward_config(run_config.data, "hub"), max_pairs=rewards.max_pairs,
+                                      max_length=rewards.max_length)
 try:
     settings.validate()
+    rewards.validate()
 except UserError as error:
     show_user_error(error)
     st.stop()
@@ -68,6 +86,8 @@ argv += [item for name in OVERRIDABLE if getattr(settings, name) != getattr(defa
          for item in (f"--{name.replace('_', '-')}", str(getattr(settings, name)))]
 if st.button("Evaluate coalitions", type="primary", icon=":material/play_arrow:"):
     try:
+        if rewards != run_config.rewards:
+            run.save_config(dataclasses.replace(run_config, rewards=rewards))
         launch_job(run, "evaluate", argv)
     except JobBusyError as error:
         show_user_error(error)

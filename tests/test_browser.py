@@ -109,6 +109,41 @@ def create_run(page, app_url: str, name: str) -> None:
     wait_for_app(page)
 
 
+def open_page(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    wait_for_app(page)
+
+
+def open_expander(page, label: str) -> None:
+    page.locator("[data-testid='stExpander'] summary", has_text=label).first.click()
+    page.wait_for_timeout(300)
+
+
+def set_number(page, label: str, value: int) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+    wait_for_app(page)
+
+
+def snapshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def wait_for_job(page, kind: str, timeout_s: int = 600) -> None:
+    """The page polls its job; wait for the badge to say done (and fail fast on failed)."""
+    badge = page.get_by_text(f"{kind} job: done")
+    failed = page.get_by_text(f"{kind} job: failed")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if badge.count():
+            return
+        assert not failed.count(), page.locator("[data-testid='stExpander']").last.inner_text()
+        page.wait_for_timeout(2000)
+    pytest.fail(f"the {kind} job did not finish within {timeout_s} s")
+
+
 def test_choose_sources(page, app_url):
     create_run(page, app_url, "browser-sources")
     expect(page.get_by_role("heading", name="Sources")).to_be_visible()
@@ -116,3 +151,52 @@ def test_choose_sources(page, app_url):
     page.get_by_role("button", name="Save these sources to the run").click()
     wait_for_app(page)
     expect(page.get_by_text("Saved to run 'browser-sources'")).to_be_visible()
+
+
+def test_train_generate_evaluate_and_read_values(page, app_url):
+    """The whole product on the tiny model: sources, a background training watched live, two
+    coalitions streaming side by side, an evaluation, and the Shapley charts."""
+    create_run(page, app_url, "browser-flow")
+    for source in ("helpful-online", "helpful-rejection-sampled"):  # keep two sources: 4 coalitions
+        page.get_by_role("button", name=f"Remove {source}").click()
+        wait_for_app(page)
+    page.get_by_role("button", name="Save these sources to the run").click()
+    wait_for_app(page)
+    expect(page.get_by_text("2 sources")).to_be_visible()
+
+    open_page(page, "Training")
+    open_expander(page, "Settings")
+    set_number(page, "max pairs", 16)
+    page.get_by_role("button", name="Launch training").click()
+    wait_for_app(page)
+    wait_for_job(page, "train")
+    page.reload()
+    wait_for_app(page)
+    expect(page.get_by_text("DPO loss")).to_be_visible()
+    snapshot(page, "flow-1-training")
+
+    open_page(page, "Playground")
+    set_number(page, "Coalition columns", 2)
+    page.get_by_role("button", name="Generate").click()
+    wait_for_app(page)
+    expect(page.get_by_text("log π = log π_0")).to_be_visible()
+    expect(page.get_by_text("tokens ·").first).to_be_visible()
+    snapshot(page, "flow-2-playground")
+
+    open_page(page, "Evaluate")
+    set_number(page, "Prompts", 2)
+    set_number(page, "Samples per prompt", 1)
+    set_number(page, "Max new tokens", 6)
+    open_expander(page, "Reward models")
+    set_number(page, "Pairs per reward model", 120)
+    set_number(page, "Max tokens per transcript", 64)
+    page.get_by_role("button", name="Evaluate coalitions").click()
+    wait_for_app(page)
+    wait_for_job(page, "evaluate")
+    snapshot(page, "flow-3-evaluate")
+
+    open_page(page, "Shapley")
+    expect(page.get_by_role("heading", name="Shapley")).to_be_visible()
+    page.wait_for_selector(".js-plotly-plot")
+    assert page.locator(".js-plotly-plot").count() >= 3
+    snapshot(page, "flow-4-shapley")
