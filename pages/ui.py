@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import streamlit as st
 
 from valuation.config import DataConfig, to_dict
+from valuation.demo import install_demo
 from valuation.data import PreferenceData, load_preferences
 from valuation.errors import UserError
 from valuation.jobs import JobStatus, cancel_job, job_status
@@ -45,6 +46,7 @@ def run_sidebar() -> None:
     """Pick an existing run, or create one; the choice is kept in the session across pages."""
     with st.sidebar:
         st.subheader("Run")
+        install_demo()  # a fresh install opens on the shipped demo run
         runs = list_runs()
         names = [r.name for r in runs]
         if names:

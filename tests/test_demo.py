@@ -1,0 +1,45 @@
+"""The demo run: exported without run-local state, installed into an empty runs folder, and the
+shipped one loads and its Shapley values recompute from its stored utilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from conftest import random_adapter_run
+from valuation.adapters import load_adapters, trained_sources
+from valuation.demo import DEMO_SOURCE, export_demo, install_demo
+from valuation.models import load_model
+from valuation.report import load_run_utilities, value_sources
+from valuation.runs import Run, create_run
+
+
+def test_export_keeps_results_in_float16_and_installs_once(tmp_path, monkeypatch):
+    run = random_adapter_run(tmp_path / "runs", "built", ["harmless-base", "helpful-base"])
+    (run.path / "job").mkdir()
+    target = export_demo(run, tmp_path / "demo-run")
+    assert not (target / "job").exists()
+    weights = load_file(target / "adapters" / "helpful-base" / "adapter_model.safetensors")
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float16"}
+
+    monkeypatch.setattr("valuation.demo.DEMO_SOURCE", target)
+    empty = tmp_path / "empty"
+    installed = install_demo(empty)
+    assert installed is not None and installed.problem() is None
+    assert trained_sources(installed) == ["harmless-base", "helpful-base"]
+    load_adapters(load_model(installed.load_config().model), installed)  # float16 adapters load on the base
+    assert install_demo(empty) is None  # never over a runs folder that has runs
+
+
+@pytest.mark.skipif(not (DEMO_SOURCE / "config.yaml").exists(), reason="no demo run shipped yet")
+def test_shipped_demo_loads_and_its_values_recompute(tmp_path):
+    run = install_demo(tmp_path)
+    assert run is not None and run.problem() is None
+    sources = run.load_config().data.sources
+    assert trained_sources(run) == sorted(sources)
+    valuation = value_sources(load_run_utilities(run))
+    assert sorted(valuation.players) == sorted(sources)
+    efficiency = valuation.efficiency_frame()
+    assert np.allclose(efficiency.sum_of_values, efficiency.v_full - efficiency.v_empty)
+    assert {"helpfulness", "harmlessness"} <= set(valuation.objectives)

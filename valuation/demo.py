@@ -1,0 +1,59 @@
+"""The demo run: a finished run shipped with the project, so every page has something to show
+within seconds of `make run`.
+
+`python -m valuation demo` makes it with the project's own pipeline on the offline default (the four
+HH-RLHF sources, the quick presets) and the project's own evaluation prompts (assets/demo_prompts.jsonl:
+no third-party text), then exports it to assets/demo-run: adapters in float16, reward heads, samples,
+scores and utilities, validation results; caches, logs and job files are left out. The app copies
+it into the runs directory as `demo` when that directory holds no run yet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .config import PROJECT_ROOT
+from .runs import Run, list_runs, runs_root
+from .storage import atomic_dir
+
+DEMO_NAME = "demo"
+DEMO_SOURCE = PROJECT_ROOT / "assets" / "demo-run"
+DEMO_PROMPTS = PROJECT_ROOT / "assets" / "demo_prompts.jsonl"
+LEFT_OUT = ("job", "job.lock", "uploads", "README.md")  # run-local state, not results
+
+
+def install_demo(root: Path | None = None) -> Run | None:
+    """Copy the shipped demo run into an empty runs directory; None when not needed or not shipped."""
+    root = root or runs_root()
+    if list_runs(root) or not (DEMO_SOURCE / "config.yaml").exists():
+        return None
+    run = Run.named(DEMO_NAME, root)
+    with atomic_dir(run.path) as tmp:
+        shutil.copytree(DEMO_SOURCE, tmp, dirs_exist_ok=True)
+    return run
+
+
+def export_demo(run: Run, target: Path = DEMO_SOURCE) -> Path:
+    """Write `run` to `target` as a shippable demo: results only, adapters in float16."""
+    from safetensors.torch import load_file, save_file
+
+    with atomic_dir(target) as tmp:
+        shutil.copytree(run.path, tmp, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*LEFT_OUT, ".*"))
+        for weights in tmp.glob("adapters/*/adapter_model.safetensors"):
+            tensors = {name: tensor.half() for name, tensor in load_file(weights).items()}
+            save_file(tensors, weights, metadata={"format": "pt"})
+        _relative_prompts_file(tmp)
+    return target
+
+
+def _relative_prompts_file(folder: Path) -> None:
+    """The demo's evaluation settings name the prompts file relative to the project, not this machine."""
+    settings = folder / "evaluation" / "settings.json"
+    if settings.exists():
+        values = json.loads(settings.read_text())
+        if values.get("prompts_file"):
+            values["prompts_file"] = str(DEMO_PROMPTS.relative_to(PROJECT_ROOT))
+            settings.write_text(json.dumps(values, indent=2) + "\n")
