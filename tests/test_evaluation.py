@@ -70,3 +70,33 @@ def test_evaluation_needs_trained_adapters(tmp_path):
     run = create_run("untrained", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)), root=tmp_path)
     with pytest.raises(EvaluationError, match="No trained adapter"):
         evaluate_run(run, TINY, log=lambda _: None)
+
+
+def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL after the first chunk (no chance to clean up): the job reads failed, no partial file
+    is used, and a relaunch finishes with the utilities of a run that was never interrupted."""
+    import os
+    import signal
+    import time
+
+    from valuation.jobs import job_status, launch_job, wait_for_job
+
+    settings = ["--prompts", "3", "--samples", "1", "--max-new-tokens", "4", "--chunk-prompts", "1", "--temperature", "0"]
+    uninterrupted = random_adapter_run(tmp_path, "whole", SOURCES, rewards=REWARDS, eval_prompts=4)
+    killed = random_adapter_run(tmp_path, "killed", SOURCES, rewards=REWARDS, eval_prompts=4)
+    for run in (uninterrupted, killed):  # reward models first, so the kill lands in sampling
+        evaluate_run(run, EvaluationConfig(prompts=1, samples=1, max_new_tokens=1), log=lambda _: None)
+
+    job = launch_job(killed, "evaluate", ["evaluate", "--run", str(killed.path), *settings])
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((evaluation_dir(killed) / "samples").rglob("chunk-*.jsonl"))) < 2:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    wait_for_job(killed, timeout_s=30)
+    assert job_status(killed).state == "failed"
+
+    for run in (killed, uninterrupted):
+        launch_job(run, "evaluate", ["evaluate", "--run", str(run.path), *settings])
+        assert wait_for_job(run, timeout_s=300).state == "done", job_status(run).log_tail
+    read = lambda run: pd.read_csv(evaluation_dir(run) / "utilities.csv", keep_default_na=False)  # noqa: E731
+    pd.testing.assert_frame_equal(read(killed), read(uninterrupted))
