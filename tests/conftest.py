@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import valuation  # noqa: F401  (first: sets OMP_WAIT_POLICY before any test module loads torch)
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
