@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb
 
-from pages.ui import current_run
+from pages.ui import chart, colors, current_run
 from valuation.report import utilities_path
 from valuation.runs import Run
 from valuation.teaching import (
@@ -36,8 +36,6 @@ from valuation.teaching import (
     walkthrough,
 )
 
-CHART_CONFIG = {"toImageButtonOptions": {"format": "png"}}
-PALETTE = px.colors.qualitative.Plotly
 ORDER_KEY, SEED_KEY = "learn_order", "learn_shuffle_seed"
 
 AXIOMS = {
@@ -55,15 +53,6 @@ AXIOMS = {
 def cached_lesson(run_path: str | None, modified: float) -> LessonGame:
     """The lesson's game, read again only when the run's utility table changes."""
     return lesson_game(Run.at(run_path) if run_path else None)
-
-
-def show(figure: go.Figure) -> None:
-    figure.update_layout(margin=dict(t=30, b=10))
-    st.plotly_chart(figure, width="stretch", config=CHART_CONFIG)
-
-
-def colors(names: tuple[str, ...]) -> dict[str, str]:
-    return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(names)}
 
 
 def segments(edges: pd.DataFrame) -> tuple[list, list]:
@@ -197,7 +186,7 @@ columns[1].metric("Coalitions 2ⁿ", 2 ** n)
 columns[2].metric("v(∅), base model", number(v_empty))
 columns[3].metric("v(N), all sources", number(v_full))
 graph = lattice(table, objective)
-show(lattice_figure(graph, objective, players, steps))
+chart(lattice_figure(graph, objective, players, steps))
 st.markdown(
     "Each dot is a coalition, coloured by its utility; each line adds one source (in that source's colour), "
     "and its number is that source's **marginal contribution** there: v(S ∪ {i}) − v(S), what the source adds to the group it joins. "
@@ -217,7 +206,7 @@ left, right = st.columns([4, 1])
 left.multiselect("Join order", players, key=ORDER_KEY,
                  help="Pick sources in the order they join; the ones you leave out join last, in the listed order.")
 right.button("Shuffle", icon=":material/shuffle:", on_click=shuffle, args=(players,), width="stretch")
-show(walkthrough_figure(steps, objective))
+chart(walkthrough_figure(steps, objective))
 st.dataframe(steps.rename(columns={"before": "joins", "v_before": "v(before)", "v_after": "v(after)"})
              .drop(columns=["after"]), width="stretch", hide_index=True)
 st.markdown(
@@ -271,7 +260,7 @@ budget = left.slider("Permutations", 4, 2000, 200, 4)
 antithetic = middle.toggle("Antithetic pairs", value=True)
 seed = right.number_input("Seed", 0, 10_000, 0)
 simulation = simulate(table, objective, permutations=budget, antithetic=antithetic, seed=int(seed))
-show(simulation_figure(simulation.trace, players, objective))
+chart(simulation_figure(simulation.trace, players, objective))
 worst = simulation.trace[simulation.trace.permutations == simulation.trace.permutations.max()].error.abs().max()
 st.caption(f"Bands: 95% (± 1.96 standard errors); dotted lines: the exact values. After {budget} permutations the "
            f"largest error is {worst:.2g}; the sampling evaluated {simulation.n_evaluations} distinct coalitions "
@@ -307,7 +296,7 @@ columns[2].metric("Forward passes per token", costs.forward_passes_per_token,
                        f"coalitions: {costs.adapter_passes} adapter passes + {costs.base_passes} base passes.")
 columns[3].metric("Passes to score a fixed reply", costs.teacher_forced_passes,
                   help="Scoring a given reply: n + 1 passes give every coalition's log-probabilities by arithmetic.")
-show(cost_figure(n))
+chart(cost_figure(n))
 st.markdown("That is the whole pipeline: train n adapters, build the 2ⁿ coalition models by arithmetic, measure "
             "each one's utility, and average marginal contributions with the formula of step 3. "
             + ("The **Shapley** page does this for the run's game." if not game.is_example else

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb
 
-from pages.ui import require_run, show_user_error
+from pages.ui import chart, colors, require_run, show_user_error
 from valuation.errors import UserError
 from valuation.shapley import UtilityTable
 from valuation.report import (
@@ -22,24 +22,12 @@ from valuation.report import (
     with_combined,
 )
 
-CHART_CONFIG = {"toImageButtonOptions": {"format": "png"}}
-PALETTE = px.colors.qualitative.Plotly
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading coalition utilities…")
 def cached_utilities(path: str, modified: float) -> UtilityTable:
     """The table at `path`, read again only when the file changes."""
     return load_utilities(path)
-
-
-def show(figure: go.Figure) -> None:
-    figure.update_layout(margin=dict(t=30, b=10))
-    st.plotly_chart(figure, width="stretch", config=CHART_CONFIG)
-
-
-def colors(names: tuple[str, ...]) -> dict[str, str]:
-    """One fixed colour per name, so a source or an objective looks the same in every chart."""
-    return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(names)}
 
 
 def bars_figure(valuation: Valuation) -> go.Figure:
@@ -151,7 +139,7 @@ st.caption(f"Method: {valuation.shapley.method}.")
 
 # --- Values by reward model --------------------------------------------------------------------
 st.subheader("Value of each source, by reward model")
-show(bars_figure(valuation))
+chart(bars_figure(valuation))
 unclear = not_distinguishable(valuation)
 if unclear:
     st.warning(f"Not distinguishable from no effect (the {confidence:.0%} interval includes 0): {', '.join(unclear)}.")
@@ -177,12 +165,12 @@ else:
         x = left.selectbox("Horizontal axis", base_objectives, index=base_objectives.index(first))
         others = [o for o in base_objectives if o != x]
         y = right.selectbox("Vertical axis", others, index=others.index(second) if second in others else 0)
-    show(scatter_figure(valuation, x, y))
+    chart(scatter_figure(valuation, x, y))
 
 # --- One objective at a time -------------------------------------------------------------------
 st.subheader("From the base model to all sources")
 objective = st.selectbox("Objective", valuation.objectives)
-show(waterfall_figure(valuation, objective))
+chart(waterfall_figure(valuation, objective))
 check = valuation.efficiency_frame().set_index("objective").loc[objective]
 st.caption(f"Efficiency check: the values sum to {check.sum_of_values:.4f}; v(N) − v(∅) = "
            f"{check.v_full:.4f} − {check.v_empty:.4f} = {check.v_full - check.v_empty:.4f} (gap {check.gap:.1e}).")
@@ -190,13 +178,13 @@ st.caption(f"Efficiency check: the values sum to {check.sum_of_values:.4f}; v(N)
 if valuation.interactions is not None:
     st.subheader("Pairwise interactions")
     st.caption("Positive: two sources are worth more together than apart; negative: they substitute for each other.")
-    show(interaction_figure(valuation, objective))
+    chart(interaction_figure(valuation, objective))
 
 if valuation.shapley.convergence is not None:
     st.subheader("Monte Carlo convergence")
     st.caption(f"{valuation.shapley.convergence.n_permutations} permutations, "
                f"{valuation.shapley.convergence.n_evaluations} distinct coalitions; bands are ± one standard error.")
-    show(convergence_figure(valuation, objective))
+    chart(convergence_figure(valuation, objective))
 
 # --- Coalition utilities and downloads ---------------------------------------------------------
 st.subheader("Coalition utilities")

@@ -7,7 +7,7 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from pages.ui import cached_preferences, require_run, show_user_error
+from pages.ui import cached_preferences, chart, require_run, show_user_error
 from valuation.config import ConfigError, DataConfig
 from valuation.errors import UserError
 from valuation.sources import describe_sources, pair_lengths, record_sources
@@ -103,8 +103,8 @@ lengths = lengths[lengths.source.isin(sources)].melt(id_vars="source", var_name=
 lengths["text"] = lengths["text"].str.removesuffix("_words")
 figure = px.histogram(lengths, x="words", color="source", facet_col="text", barmode="overlay", nbins=60,
                       histnorm="percent", range_x=[0, lengths.words.quantile(0.98)], opacity=0.6)
-figure.update_layout(height=340, margin=dict(t=30, b=10))
-st.plotly_chart(figure, width="stretch")
+figure.update_layout(height=340)
+chart(figure)
 
 # --- Sample pairs ------------------------------------------------------------------------------
 st.subheader("Sample pairs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages.ui import cached_preferences, job_panel, require_run, show_user_error
+from pages.ui import cached_preferences, chart, job_panel, require_run, show_user_error
 from valuation.adapters import trained_sources
 from valuation.config import field_help
 from valuation.errors import UserError
@@ -73,9 +73,8 @@ def training_progress(status: JobStatus | None) -> None:
     curves = training_curves(run, events)
     if not curves.empty:
         loss, margin = st.columns(2)
-        loss.plotly_chart(px.line(curves, x="step", y="loss", color="source", title="DPO loss"), key="loss")
-        margin.plotly_chart(px.line(curves, x="step", y="margin", color="source", title="Reward margin (chosen - rejected)"),
-                            key="margin")
+        chart(px.line(curves, x="step", y="loss", color="source", title="DPO loss"), loss)
+        chart(px.line(curves, x="step", y="margin", color="source", title="Reward margin (chosen - rejected)"), margin)
 
 
 st.subheader("Job")

@@ -9,6 +9,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Callable
 
+import plotly.express as px
 import streamlit as st
 
 from valuation.config import DataConfig, to_dict
@@ -59,6 +60,8 @@ def run_sidebar() -> None:
                 st.warning(problem)
         else:
             st.caption("No run yet: create one below.")
+        st.radio("Chart downloads", ["png", "svg"], key=CHART_FORMAT_KEY, horizontal=True,
+                 help="Every chart's camera button saves it in this format.")
         with st.popover("New run", width="stretch"), st.form("new_run", border=False):
             new_name = st.text_input("Name", placeholder="my-run", help="Letters, digits, '.', '_' or '-'.")
             if st.form_submit_button("Create"):
@@ -99,6 +102,23 @@ def cached_coalition_model(run: Run) -> LoadedModel:
     from valuation.playground import adapter_stamps
 
     return _coalition_model(str(run.path), run.config_path.stat().st_mtime, adapter_stamps(run))
+
+
+CHART_FORMAT_KEY = "chart_format"
+PALETTE = px.colors.qualitative.Plotly
+
+
+def colors(names: tuple[str, ...]) -> dict[str, str]:
+    """One fixed colour per name, so a source or an objective looks the same in every chart."""
+    return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(names)}
+
+
+def chart(figure, container=st) -> None:
+    """A plotly chart, full width, whose camera button saves it in the format chosen in the sidebar
+    (plotly's own client-side export: PNG or SVG)."""
+    figure.update_layout(margin=dict(t=40, b=10))
+    container.plotly_chart(figure, width="stretch", config={
+        "displaylogo": False, "toImageButtonOptions": {"format": st.session_state.get(CHART_FORMAT_KEY, "png")}})
 
 
 def show_user_error(error: UserError) -> None:
