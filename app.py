@@ -15,6 +15,7 @@ PAGES = [
     st.Page("pages/playground.py", title="Playground", icon=":material/play_arrow:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("pages/shapley.py", title="Shapley", icon=":material/bar_chart:"),
+    st.Page("pages/validate.py", title="Validate", icon=":material/verified:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """The app, started as a user would (streamlit run), on the tiny model and a fresh runs folder."""
+@contextmanager
+def serve(runs: Path, log_dir: Path, model: str = "tiny"):
+    """The app, started as a user would (streamlit run), on `model` and the runs folder `runs`."""
     _browser_or_skip()
     port = _free_port()
-    runs = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "VALUATION_MODEL": "tiny", "VALUATION_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
+    env = {**os.environ, "VALUATION_MODEL": model, "VALUATION_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
+    log = open(log_dir / "streamlit.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
@@ -65,9 +65,23 @@ def app_url(tmp_path_factory):
     else:
         server.kill()
         pytest.fail(f"the app did not start within 60 s; see {log.name}")
-    yield url
-    server.terminate()
-    server.wait(timeout=20)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """The app on the tiny model and a runs folder with one run already in it (so the shipped demo
+    is not installed and the flow below starts from the user's own runs)."""
+    runs = tmp_path_factory.mktemp("runs")
+    from valuation.runs import create_run
+
+    create_run("existing", root=runs)
+    with serve(runs, tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +214,30 @@ def test_train_generate_evaluate_and_read_values(page, app_url):
     page.wait_for_selector(".js-plotly-plot")
     assert page.locator(".js-plotly-plot").count() >= 3
     snapshot(page, "flow-4-shapley")
+
+
+PAGES = ["Sources", "Training", "Playground", "Evaluate", "Shapley", "Validate", "Learn"]
+
+
+@pytest.mark.skipif(not (ROOT / "assets" / "demo-run" / "config.yaml").exists(), reason="no demo run shipped yet")
+def test_a_fresh_install_opens_on_the_demo_with_every_page_filled(browser, tmp_path):
+    """`make run` on a fresh clone: the shipped demo is installed and every page shows its results.
+    The screenshots (SCREENSHOTS=folder, default test-artifacts/pages) are the README's pictures."""
+    folder = Path(os.environ.get("SCREENSHOTS", ARTIFACTS / "pages"))
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with serve(runs, tmp_path, model="embedded") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        wait_for_app(page)
+        for title in PAGES:
+            open_page(page, title)
+            expect(page.get_by_role("heading", name=title).first).to_be_visible()
+            if title == "Playground":
+                page.get_by_role("button", name="Generate").click()
+                wait_for_app(page)
+            assert not page.locator("[data-testid='stException']").count(), title
+            page.screenshot(path=str(folder / f"{title.lower()}.png"), full_page=False)
+        page.close()

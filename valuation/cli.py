@@ -17,6 +17,8 @@ COMMANDS = {
     "train": "Train one DPO LoRA adapter per source of a run, in the foreground (the app launches it in the background).",
     "rewards": "Train (or load) a run's reward models and print each held-out accuracy with its 95% interval.",
     "evaluate": "Sample every coalition model on held-out prompts, score them with reward models, write utilities.",
+    "validate": "Check the arithmetic on a run: sequential and pooled DPO, epochs, preference accuracy, Monte Carlo error.",
+    "demo": "Make the demo run the app opens on (the quick presets on the offline default) and export it to assets/.",
     "shapley": "Shapley values of the sources from a table of coalition utilities (or a run's), with intervals.",
 }
 

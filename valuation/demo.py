@@ -24,6 +24,12 @@ DEMO_PROMPTS = PROJECT_ROOT / "assets" / "demo_prompts.jsonl"
 LEFT_OUT = ("job", "job.lock", "uploads", "README.md")  # run-local state, not results
 
 
+def _left_out(folder: str, names: list[str]) -> list[str]:
+    """Run-local state, hidden files, and the validation's own adapters (its results are tables)."""
+    dropped = [n for n in names if n in LEFT_OUT or n.startswith(".")]
+    return dropped + (["adapters"] if Path(folder).parent.name == "validation" and "adapters" in names else [])
+
+
 def install_demo(root: Path | None = None) -> Run | None:
     """Copy the shipped demo run into an empty runs directory; None when not needed or not shipped."""
     root = root or runs_root()
@@ -40,8 +46,7 @@ def export_demo(run: Run, target: Path = DEMO_SOURCE) -> Path:
     from safetensors.torch import load_file, save_file
 
     with atomic_dir(target) as tmp:
-        shutil.copytree(run.path, tmp, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*LEFT_OUT, ".*"))
+        shutil.copytree(run.path, tmp, dirs_exist_ok=True, ignore=_left_out)
         for weights in tmp.glob("adapters/*/adapter_model.safetensors"):
             tensors = {name: tensor.half() for name, tensor in load_file(weights).items()}
             save_file(tensors, weights, metadata={"format": "pt"})

@@ -1,0 +1,124 @@
+"""Validate: how far the coalition arithmetic holds on this run, and how much sampling error the
+Shapley values carry. Each experiment runs in the background; its results are read from the run."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from pages.ui import job_panel, require_run, show_user_error
+from valuation.errors import UserError
+from valuation.validation import (EXPERIMENTS, PRESETS, accuracy_shapley, comparisons, latest_progress,
+                                  launch_validation, method_shapley, scaling_summary, validation_argv, validation_dir)
+
+st.title("Validate")
+st.caption("The method's claim: a coalition built by adding log-probabilities, log π_S = Σ log π_l + (1 − |S|) log π_0, "
+           "behaves like a model trained on the coalition's data. Under **sequential DPO** (train on a, then on b with "
+           "the a-model as reference) the rewards add and the claim is exact at convergence; training on the **pooled** "
+           "data is not expected to match. Utilities here are teacher-forced on held-out pairs of the split's eval part "
+           "(never trained on): **preference accuracy** (does the model prefer the chosen reply more than the base does? "
+           "ties count ½) and the **implicit reward margin** (β × log-ratio gap).")
+
+run = require_run()
+
+# --- Launch -------------------------------------------------------------------------------------
+available = run.load_config().data.sources or sorted((run.load_split() or {}).get("train_pairs", {}))
+left, middle, right = st.columns([1, 2, 2])
+preset = left.segmented_control("Preset", sorted(PRESETS), default="quick",
+                                help="quick: 2 CPU cores, under an hour (2 sources, 16 pairs, epochs 1/2/4); "
+                                     "gpu: 3 sources, longer training, epochs up to 8.") or "quick"
+experiments = middle.multiselect("Experiments", EXPERIMENTS, default=list(EXPERIMENTS))
+sources = right.multiselect("Sources of the training experiments", available,
+                            help=f"Default: the run's first {PRESETS[preset].n_sources}. Every coalition of two or "
+                                 "more is trained sequentially (both orders) and on pooled data.")
+if st.button("Run validation", type="primary", icon=":material/play_arrow:", disabled=not experiments):
+    try:
+        launch_validation(run, preset, experiments, sources)
+    except UserError as error:
+        show_user_error(error)
+st.caption(f"Runs in the background as `python -m valuation {' '.join(validation_argv(run, preset, experiments, sources))}`; "
+           "a relaunch skips every adapter and result already computed.")
+
+
+def validation_progress(status) -> None:
+    if status is None:
+        return
+    experiment, stage, done, total = latest_progress(status.events)
+    if experiment:
+        st.caption(f"Experiment: **{experiment}**")
+    if total:
+        st.progress(min(1.0, done / total), text=f"{stage}: {done}/{total}")
+
+
+job_panel(run, "validate", details=validation_progress)
+
+# --- Results ------------------------------------------------------------------------------------
+folder = validation_dir(run, preset)
+compared = comparisons(folder)
+by_method = method_shapley(folder)
+scaling = scaling_summary(folder)
+accuracy = accuracy_shapley(run)
+if compared.empty and scaling.empty and accuracy.empty:
+    st.info(f"No validation results for the {preset} preset yet: run the validation above.", icon=":material/verified:")
+    st.stop()
+
+number = {"kl_reference_model": st.column_config.NumberColumn("KL(ref ‖ model) /token", format="%.4f"),
+          "kl_model_reference": st.column_config.NumberColumn("KL(model ‖ ref) /token", format="%.4f"),
+          "accuracy_gap": st.column_config.NumberColumn("accuracy gap", format="%+.3f"),
+          "margin_gap": st.column_config.NumberColumn("margin gap", format="%+.4f")}
+shown = ["epochs", "coalition", "reference", "model", *number]
+
+if not compared.empty:
+    main = compared.epochs.min()
+    st.subheader("1 · Arithmetic against sequential DPO")
+    st.caption(f"After {main:g} epoch(s). Per-token KL between the two models' next-token distributions on held-out "
+               "responses (teacher-forced, both directions), and the model's utility minus the reference's. The last "
+               "rows compare the two training orders with each other: sequential DPO is only order-invariant at "
+               "convergence, so their gap is the noise floor the arithmetic can be held to.")
+    sequential = compared[(compared.kind == "sequential") & (compared.epochs == main)]
+    st.dataframe(sequential[shown], hide_index=True, width="stretch", column_config=number)
+
+    pooled = compared[compared.kind == "pooled"]
+    if not pooled.empty:
+        st.subheader("2 · Arithmetic against training on the pooled data")
+        st.caption("What a practitioner would train. Gaps are expected: two sources with the same preferences give a "
+                   "reward r when pooled but 2r by arithmetic (and by sequential DPO), so the arithmetic coalition is "
+                   "further from the base than the pooled model.")
+        st.dataframe(pooled[shown], hide_index=True, width="stretch", column_config=number)
+    if not by_method.empty:
+        st.markdown("**Shapley values by how coalitions are built**: the base and single sources are shared; "
+                    "coalitions of two or more come from arithmetic, sequential DPO (mean of the orders) or pooled training.")
+        st.plotly_chart(px.bar(by_method, x="player", y="value", color="method", barmode="group", facet_col="objective")
+                        .update_yaxes(matches=None), width="stretch")
+
+    trend = compared[(compared.kind == "sequential") & compared.reference.str.startswith("arithmetic")]
+    if trend.epochs.nunique() > 1:
+        st.subheader("3 · Error against training")
+        st.caption("Arithmetic vs sequential DPO (mean of both orders) after each number of epochs: the theory is exact "
+                   "at convergence, so the gap should shrink as the adapters train longer, if they converge.")
+        curve = trend.groupby("epochs")[list(number)].mean().reset_index()
+        long = curve.melt("epochs", ["kl_reference_model", "kl_model_reference"], var_name="direction", value_name="KL per token")
+        st.plotly_chart(px.line(long, x="epochs", y="KL per token", color="direction", markers=True), width="stretch")
+        st.dataframe(curve, hide_index=True, width="stretch", column_config=number)
+
+if not accuracy.empty:
+    st.subheader("4 · A cheap exact utility: held-out preference accuracy")
+    st.caption("Every coalition of the run's own adapters, from one teacher-forced pass per model and pair (no sampling, "
+               "no reward model), on the pairs behind the run's evaluation prompts. The column `preference_accuracy` is "
+               "added to the evaluation's utilities when they use those prompts (not a prompts file), so the Shapley page "
+               "offers it as an objective. The margin is nearly additive across sources, so its Shapley values should "
+               "sit near each source's solo gain (column `solo`; the per-token renormalisation makes it inexact): a "
+               "check of the pipeline, a poor objective.")
+    st.plotly_chart(px.bar(accuracy, x="player", y="value", error_y=accuracy.upper - accuracy.value,
+                           error_y_minus=accuracy.value - accuracy.lower, facet_col="objective")
+                    .update_yaxes(matches=None), width="stretch")
+    st.dataframe(accuracy, hide_index=True, width="stretch")
+
+if not scaling.empty:
+    st.subheader("5 · Scaling: exact Shapley against Monte Carlo at n = 8")
+    st.caption("The run's sources cut in halves by a seeded hash, one small adapter each; exact Shapley over all 256 "
+               "coalitions against permutation sampling, averaged over repeated seeds. The utility is preference "
+               "accuracy: sampling generations for 256 coalitions would not fit this CPU.")
+    st.plotly_chart(px.line(scaling, x="permutations", y="rmse", color="sampling", markers=True, log_x=True, log_y=True,
+                            labels={"rmse": "RMSE against exact"}), width="stretch")
+    st.dataframe(scaling, hide_index=True, width="stretch")
