@@ -88,7 +88,7 @@ if st.button("Save these sources to the run", type="primary", disabled=len(sourc
     else:
         st.success(f"Saved to run '{run.name}': {len(sources)} sources, "
                    f"{sum(split['train_pairs'].values())} training pairs, {len(split['eval_prompt_ids'])} evaluation prompts.")
-elif saved.sources and sorted(saved.sources) == sorted(sources) and saved.dataset == config.dataset:
+elif sorted(saved.sources or available) == sorted(sources) and saved.dataset == config.dataset:
     st.caption(f"Run '{run.name}' uses these sources.")
 else:
     st.caption("Not saved yet: the run keeps its previous choice until you save.")
