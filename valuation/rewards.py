@@ -17,7 +17,6 @@ it, the pairs it trained on, its held-out accuracy with a 95% interval).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -37,12 +36,13 @@ from .data import HH_SUBSETS, Messages, PreferencePair, load_preferences
 from .errors import UserError
 from .models import LoadedModel, chat_prompt, pick_device
 from .runs import Run
-from .splits import split_preferences
+from .splits import seeded_uniform, split_preferences
 from .storage import atomic_dir, atomic_write_json
 
 HELPFUL_HUB_ID = "Ray2333/gpt2-large-helpful-reward_model"
 HARMLESS_HUB_ID = "Ray2333/gpt2-large-harmless-reward_model"
 HEAD_FILE, CARD_FILE = "head.safetensors", "reward.json"
+REWARD_SALT = "rewards\x00"  # reward-model subsets and held-out parts draw independently of the split
 
 Progress = Callable[[int, int], None]  # (texts done, texts in all)
 TrainingProgress = Callable[[str, int, int], None]  # (what is happening, done, total)
@@ -400,11 +400,6 @@ class ObjectivePairs:
     heldout: list[PreferencePair]
 
 
-def _uniform(seed: int, key: str) -> float:
-    digest = hashlib.sha256(f"rewards\x00{seed}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def reward_split(data: DataConfig) -> dict[str, list[PreferencePair]]:
     """The reward part of the split over ALL the dataset's sources: disjoint by prompt from every
     source's training pairs and from the evaluation prompts, whichever sources a run values."""
@@ -418,11 +413,11 @@ def objective_pairs(reward: dict[str, list[PreferencePair]], objective: RewardOb
     if unknown:
         raise RewardError(f"Reward objective {objective.name!r} names unknown source(s) {unknown}; available: {sorted(reward)}.")
     pairs = [p for s in (objective.sources or sorted(reward)) for p in reward[s]]
-    pairs.sort(key=lambda p: _uniform(config.seed, p.pair_id))
+    pairs.sort(key=lambda p: seeded_uniform(config.seed, p.pair_id, REWARD_SALT))
     if config.max_pairs:
         pairs = pairs[: config.max_pairs]
-    heldout = [p for p in pairs if _uniform(config.seed, p.prompt_key) < config.holdout_fraction]
-    train = [p for p in pairs if _uniform(config.seed, p.prompt_key) >= config.holdout_fraction]
+    heldout = [p for p in pairs if seeded_uniform(config.seed, p.prompt_key, REWARD_SALT) < config.holdout_fraction]
+    train = [p for p in pairs if seeded_uniform(config.seed, p.prompt_key, REWARD_SALT) >= config.holdout_fraction]
     if len(train) < 10 or len(heldout) < 5:
         raise RewardError(
             f"Reward objective {objective.name!r} has {len(train)} training and {len(heldout)} held-out pairs: too few. "

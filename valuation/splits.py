@@ -41,14 +41,15 @@ class Split:
         }
 
 
-def _uniform(seed: int, key: str) -> float:
-    """A number in [0, 1) fixed by the seed and the key, stable across processes and platforms."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+def seeded_uniform(seed: int, key: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by the seed and the key, stable across processes and platforms;
+    a salt gives an independent draw for another purpose."""
+    digest = hashlib.sha256(f"{salt}{seed}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def part_of(pair: PreferencePair, config: DataConfig) -> str:
-    u = _uniform(config.seed, pair.prompt_key)
+    u = seeded_uniform(config.seed, pair.prompt_key)
     if u < config.eval_fraction:
         return "eval"
     if u < config.eval_fraction + config.reward_fraction:
@@ -61,7 +62,7 @@ def split_preferences(data: PreferenceData, config: DataConfig) -> Split:
     reward: dict[str, list[PreferencePair]] = {s: [] for s in data.sources}
     eval_pool: dict[str, list[PreferencePair]] = {s: [] for s in data.sources}
     # Within a part, pairs are ordered by a seeded hash, so caps take a random but fixed subset.
-    ordered = sorted(data.pairs, key=lambda p: _uniform(config.seed + 1, p.pair_id))
+    ordered = sorted(data.pairs, key=lambda p: seeded_uniform(config.seed + 1, p.pair_id))
     for pair in ordered:
         {"train": train, "reward": reward, "eval": eval_pool}[part_of(pair, config)][pair.source].append(pair)
     _cap(train, config.train_pairs_per_source)
