@@ -69,7 +69,7 @@ def test_select_pairs_caps_and_counts_dropped() -> None:
 
 
 def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
-    job = launch_training(run, "quick", [], TINY)
+    launch_training(run, "quick", [], TINY)
     assert job_status(run).state in ("queued", "running")
     status = wait_for_job(run, timeout_s=300)
     assert status.state == "done", status.log_tail

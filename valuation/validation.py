@@ -56,7 +56,6 @@ from .storage import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     from .data import PreferencePair
     from .jobs import JobSession
-    from .models import LoadedModel
 
 EXPERIMENTS = ("sequential", "pooled", "epochs", "accuracy", "scaling")
 BASE = "__base__"  # PEFT's name for the base model in a mixed batch (arithmetic.BASE)
