@@ -6,7 +6,8 @@ import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP, table_rows
-from valuation.runs import Run, create_run
+from valuation.demo import DEMO_SOURCE
+from valuation.runs import Run, create_run, list_runs
 
 
 def _app(run_name: str | None = None) -> AppTest:
@@ -16,10 +17,19 @@ def _app(run_name: str | None = None) -> AppTest:
     return app.run()
 
 
-def test_app_without_runs_says_what_to_do(runs_dir):
+def test_app_without_runs_says_what_to_do(runs_dir, monkeypatch, tmp_path):
+    monkeypatch.setattr("valuation.demo.DEMO_SOURCE", tmp_path / "no-demo-shipped")
     app = _app()
     assert not app.exception
     assert any("Pick or create a run" in i.value for i in app.info)
+
+
+def test_a_fresh_runs_folder_opens_on_the_shipped_demo(runs_dir):
+    app = _app()
+    assert not app.exception
+    if (DEMO_SOURCE / "config.yaml").exists():
+        assert [r.name for r in list_runs()] == ["demo"]
+        assert app.session_state["run_name"] == "demo"
 
 
 def test_sources_page_shows_the_offline_default_and_saves_the_choice(runs_dir):
