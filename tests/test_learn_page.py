@@ -20,6 +20,7 @@ APP = str(Path(__file__).parents[1] / "app.py")
 
 def open_learn(runs: Path, monkeypatch: pytest.MonkeyPatch, run_name: str | None = None) -> AppTest:
     monkeypatch.setenv("VALUATION_RUNS_DIR", str(runs))
+    monkeypatch.setattr("valuation.demo.DEMO_SOURCE", runs / "no-demo-shipped")  # no run at all
     at = AppTest.from_file(APP, default_timeout=30)
     if run_name:
         at.session_state["run_name"] = run_name
