@@ -37,8 +37,9 @@ elif kind == "upload":
         st.info("Upload a JSONL, CSV or Parquet file. Without a `source` column the file is one source.")
         st.stop()
     target = run.path / "uploads" / Path(upload.name).name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(upload.getvalue())
+    if not target.exists() or target.stat().st_size != upload.size:  # once per upload, not per rerun
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(upload.getvalue())
     dataset = str(target)
 elif kind == "path":
     dataset = st.text_input("Path to a JSONL/CSV/Parquet file, or a folder with one file per source",
