@@ -37,7 +37,7 @@ elif kind == "upload":
         st.info("Upload a JSONL, CSV or Parquet file. Without a `source` column the file is one source.")
         st.stop()
     target = run.path / "uploads" / Path(upload.name).name
-    if not target.exists() or target.stat().st_size != upload.size:  # once per upload, not per rerun
+    if not target.exists() or target.read_bytes() != upload.getvalue():  # once per upload, not per rerun
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(upload.getvalue())
     dataset = str(target)
