@@ -10,10 +10,10 @@ import streamlit as st
 from pages.ui import job_panel, require_run, show_user_error
 from valuation.adapters import trained_sources
 from valuation.errors import UserError
-from valuation.evaluation import (PRESETS, EXACT_MAX_SOURCES, coalition_rows, coalitions_to_evaluate, estimate_seconds,
+from valuation.game import (PRESETS, EXACT_MAX_SOURCES, coalition_rows, coalitions_to_evaluate, estimate_seconds,
                                   evaluation_dir, load_samples, measured_throughput)
 from valuation.jobs import JobBusyError, launch_job
-from valuation.report import reward_accuracies, utilities_path
+from valuation.values import reward_accuracies, utilities_path
 from valuation.rewards import default_reward_config
 from valuation.commands.evaluate import OVERRIDABLE
 

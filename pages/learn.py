@@ -12,9 +12,9 @@ import streamlit as st
 from plotly.colors import hex_to_rgb
 
 from pages.ui import chart, colors, current_run
-from valuation.report import utilities_path
+from valuation.values import utilities_path
 from valuation.runs import Run
-from valuation.teaching import (
+from valuation.lesson import (
     ARITHMETIC_FORMULA,
     GENERAL_FORMULA,
     MAX_LABELLED_PLAYERS,

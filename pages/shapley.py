@@ -11,7 +11,7 @@ from plotly.colors import hex_to_rgb
 from pages.ui import chart, colors, require_run, show_user_error
 from valuation.errors import UserError
 from valuation.shapley import UtilityTable
-from valuation.report import (
+from valuation.values import (
     EXACT_DEFAULT_MAX_PLAYERS,
     Valuation,
     ValuationConfig,

@@ -11,7 +11,7 @@ from conftest import random_adapter_run
 from valuation.adapters import load_adapters, trained_sources
 from valuation.demo import DEMO_SOURCE, export_demo, install_demo
 from valuation.models import load_model
-from valuation.report import load_run_utilities, value_sources
+from valuation.values import load_run_utilities, value_sources
 
 
 def test_export_keeps_results_in_float16_and_installs_once(tmp_path, monkeypatch):

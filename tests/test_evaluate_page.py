@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import APP, random_adapter_run
 from test_evaluation import REWARDS, TINY
-from valuation.evaluation import evaluate_run
+from valuation.game import evaluate_run
 from valuation.jobs import cancel_job, wait_for_job
 from valuation.runs import create_run
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from valuation.report import utilities_path
+from valuation.values import utilities_path
 from valuation.runs import create_run
 from valuation.shapley import coalition_name
-from valuation.teaching import coalitions_by_size
+from valuation.lesson import coalitions_by_size
 
 from test_report import additive_prompt_frame
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from valuation.report import utilities_path
+from valuation.values import utilities_path
 from valuation.runs import create_run
 
 from test_report import additive_prompt_frame, glove_frame

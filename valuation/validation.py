@@ -48,7 +48,7 @@ import pandas as pd
 
 from .config import ConfigError, from_dict, helped, to_dict
 from .errors import UserError
-from .report import utilities_path
+from .values import utilities_path
 from .runs import Run
 from .shapley import UtilityTable, coalition_name, exact_shapley, permutation_shapley
 from .storage import atomic_write_json, atomic_write_text

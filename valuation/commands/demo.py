@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import main
     from ..config import DataConfig
     from ..demo import DEMO_PROMPTS, export_demo
-    from ..evaluation import evaluate_run, preset_config
+    from ..game import evaluate_run, preset_config
     from ..jobs import job_session
     from ..runs import Run, create_run
     from ..sources import record_sources

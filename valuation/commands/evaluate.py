@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..evaluation import PRESETS, EvaluationConfig
+from ..game import PRESETS, EvaluationConfig
 
 OVERRIDABLE = ("prompts", "prompts_file", "samples", "max_new_tokens", "temperature", "top_p", "seed", "method", "permutations",
                "chunk_prompts", "max_batch_rows")
@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..evaluation import evaluate_run, preset_config
+    from ..game import evaluate_run, preset_config
     from ..jobs import job_session
     from ..runs import Run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import field_help
-from ..report import METHODS, ValuationConfig
+from ..values import METHODS, ValuationConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import format_table, load_run_utilities, load_utilities, reward_accuracies, value_sources
+    from ..values import format_table, load_run_utilities, load_utilities, reward_accuracies, value_sources
     from ..runs import Run
 
     config = ValuationConfig(method=args.method, permutations=args.permutations, seed=args.seed,

@@ -13,7 +13,7 @@ import pytest
 
 from valuation.cli import main
 from valuation.errors import UserError
-from valuation.report import (
+from valuation.values import (
     UtilityError,
     ValuationConfig,
     format_table,

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .report import load_run_utilities
+from .values import load_run_utilities
 from .runs import Run
 from .shapley import (
     Coalition,

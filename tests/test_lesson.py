@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from valuation.report import utilities_path
+from valuation.values import utilities_path
 from valuation.runs import create_run
 from valuation.shapley import UtilityTable, coalition_name
-from valuation.teaching import (
+from valuation.lesson import (
     EXAMPLE_GAME,
     ArithmeticCosts,
     all_orders,

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import random_adapter_run
-from valuation.evaluation import (EvaluationConfig, EvaluationError, coalitions_to_evaluate, evaluate_run,
+from valuation.game import (EvaluationConfig, EvaluationError, coalitions_to_evaluate, evaluate_run,
                                   evaluation_dir, load_samples)
-from valuation.report import load_run_utilities, value_sources
+from valuation.values import load_run_utilities, value_sources
 from valuation.config import RewardConfig, RewardObjective
 
 SOURCES = ["harmless-base", "helpful-base"]
