@@ -1,6 +1,7 @@
 # Two commands: `make run` serves the dashboard, `make test` runs the test suite.
 # Both create .venv and install requirements.txt plus the embedded model once; a re-run with
-# nothing changed only checks a stamp file.
+# nothing changed only checks a stamp file. `make dev` serves with reload on save, `make soak`
+# runs the long multi-session test.
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -9,13 +10,21 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 ADDRESS ?= localhost
 
-.PHONY: run test setup clean
+.PHONY: run dev test soak setup clean
 
+# Settings in .streamlit/config.toml: no file watcher in production.
 run: $(STAMP)
-	$(PY) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT)
+
+# Reload on save. The polling watcher checks only the app's own files; watchdog would watch .venv too.
+dev: $(STAMP)
+	$(PY) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.fileWatcherType poll --server.runOnSave true
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+soak: $(STAMP)
+	$(PY) -m pytest -m soak -s tests/test_soak.py
 
 setup: $(STAMP)
 

@@ -1,11 +1,14 @@
 """Data-source Shapley values for fine-tuned language models: the dashboard's entry point.
 
     streamlit run app.py        (or: make run)
+
+Every page file starts with `through_app()`: a page that Streamlit runs without this file (its legacy
+pages/ path, before this file has reached st.navigation once in the server process) reruns through here.
 """
 
 import streamlit as st
 
-from pages.ui import run_sidebar
+from pages.ui import run_page, run_sidebar
 
 st.set_page_config(page_title="Source Shapley", page_icon=":material/hub:", layout="wide")
 
@@ -23,4 +26,4 @@ PAGES = [
 # very first run (with a pages/ folder, Streamlit's first run otherwise takes its legacy path).
 page = st.navigation(PAGES)
 run_sidebar()
-page.run()
+run_page(page)

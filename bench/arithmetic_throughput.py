@@ -31,20 +31,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from valuation.arithmetic import (  # noqa: E402
-    BASE,
     SamplingSettings,
-    all_coalitions,
     coalition_requests,
     draw_tokens,
-    formula_terms,
     group_generator,
     left_pad,
-    prompt_ids,
     sample_coalitions,
     stop_token_ids,
 )
+from valuation.coalitions import BASE, all_coalitions, formula_terms  # noqa: E402
 from valuation.config import ModelConfig  # noqa: E402
-from valuation.models import load_model  # noqa: E402
+from valuation.models import load_model, prompt_ids  # noqa: E402
 
 PROMPTS = [
     "What is a good way to learn to cook?",

@@ -3,6 +3,10 @@ models, and store the coalition utilities the Shapley page reads."""
 
 from __future__ import annotations
 
+from pages.ui import through_app
+
+through_app()  # opened outside app.py's st.navigation: hand over to it
+
 import dataclasses
 
 import streamlit as st
@@ -10,12 +14,15 @@ import streamlit as st
 from pages.ui import job_panel, require_run, show_user_error
 from valuation.adapters import trained_sources
 from valuation.errors import UserError
-from valuation.game import (PRESETS, EXACT_MAX_SOURCES, coalition_rows, coalitions_to_evaluate, estimate_seconds,
-                                  evaluation_dir, load_samples, measured_throughput)
-from valuation.jobs import JobBusyError, launch_job
-from valuation.values import reward_accuracies, utilities_path
-from valuation.rewards import default_reward_config
-from valuation.commands.evaluate import OVERRIDABLE
+from valuation.coalitions import EXACT_MAX_PLAYERS
+from valuation.config import field_help
+from valuation.game import (ESTIMATORS, PRESETS, EvaluationConfig, coalitions_to_evaluate, estimate_seconds,
+                            evaluation_cost)
+from valuation.samples import evaluation_dir, load_samples, measured_throughput
+from valuation.jobs import command, launch
+from valuation.pooled import anchor_coalitions
+from valuation.rewards import default_reward_config, reward_accuracies
+from valuation.values import utilities_path
 
 BUDGET_MINUTES = 60  # past this estimate, exact enumeration gives way to Monte Carlo
 
@@ -37,16 +44,24 @@ if len(sources) < 2 or missing:
 preset = st.segmented_control("Preset", sorted(PRESETS), default="quick",
                               help="quick: a CPU in about a quarter of an hour; paper: a GPU, the paper's scale.")
 defaults = PRESETS[preset or "quick"]
+estimator = st.radio("Estimator", ESTIMATORS, horizontal=True, help=field_help(EvaluationConfig, "estimator"))
 left, middle, right = st.columns(3)
 settings = dataclasses.replace(
     defaults,
+    estimator=estimator,
     prompts=left.number_input("Prompts", 1, 2000, defaults.prompts, help="Held-out prompts, spread evenly across sources."),
-    samples=middle.number_input("Samples per prompt", 1, 64, defaults.samples),
-    max_new_tokens=right.number_input("Max new tokens", 1, 2048, defaults.max_new_tokens),
-    temperature=left.number_input("Temperature", 0.0, 2.0, defaults.temperature, step=0.1),
+    samples=middle.number_input("Samples per prompt (direct)", 1, 64, defaults.samples,
+                                help=field_help(EvaluationConfig, "samples")),
+    pool_per_anchor=right.number_input("Pool per anchor (pooled)", 1, 256, defaults.pool_per_anchor,
+                                       help=field_help(EvaluationConfig, "pool_per_anchor")),
+    max_new_tokens=left.number_input("Max new tokens", 1, 2048, defaults.max_new_tokens),
+    temperature=middle.number_input("Temperature", 0.0, 2.0, defaults.temperature, step=0.1),
+    top_p=right.number_input("Top-p", 0.01, 1.0, defaults.top_p, step=0.05, help=field_help(EvaluationConfig, "top_p")),
+    ess_floor=left.number_input("ESS floor (pooled)", 0.0, 1000.0, defaults.ess_floor, step=0.5,
+                                help=field_help(EvaluationConfig, "ess_floor")),
     method=middle.selectbox("Coalitions", ["auto", "exact", "permutation"],
-                            help=f"exact: all 2^n; permutation: those sampled orders visit; auto: exact up to {EXACT_MAX_SOURCES} sources."),
-    permutations=right.number_input("Permutations (Monte Carlo)", 2, 100_000, defaults.permutations),
+                            help=f"exact: all 2^n; permutation: those sampled orders visit; auto: exact up to {EXACT_MAX_PLAYERS} sources."),
+    permutations=right.number_input("Permutations (Monte Carlo)", 4, 100_000, defaults.permutations),
 )
 run_config = run.load_config()
 with st.expander("Reward models"):
@@ -72,26 +87,29 @@ except UserError as error:
     st.stop()
 
 coalitions = coalitions_to_evaluate(sources, settings)
-minutes = estimate_seconds(coalition_rows(coalitions), settings, measured_throughput(run)) / 60
+cost = evaluation_cost(sources, coalitions, settings)
+minutes = estimate_seconds(cost, measured_throughput(run)) / 60
 method = settings.resolved_method(len(sources))
-st.markdown(f"**{len(coalitions)} coalitions** ({method}) × {settings.prompts} prompts × {settings.samples} samples: "
-            f"about **{minutes:.0f} minutes** of generation on this machine, plus scoring"
+drawn = (f"{settings.samples} samples of each" if settings.estimator == "direct" else
+         f"one pool of {cost.reward_calls // settings.prompts} responses from {len(anchor_coalitions(sources))} anchor "
+         "coalitions")
+st.markdown(f"**{len(coalitions)} coalitions** ({method}, {settings.estimator}) × {settings.prompts} prompts, "
+            f"{drawn}: about **{minutes:.0f} minutes** of generation on this machine, plus {cost.reward_calls} reward "
+            "calls per reward model" + (f" and {cost.scored_responses} teacher-forced scorings" if cost.scored_responses else "")
             + ("" if not reward_accuracies(run).empty else ", plus training the reward models (about 10 minutes, once)") + ".")
 if method == "exact" and minutes > BUDGET_MINUTES:
     st.warning(f"Exact enumeration of 2^{len(sources)} coalitions would take over {BUDGET_MINUTES} minutes: choose "
                "'permutation' to evaluate only the coalitions a Monte Carlo sample of orders visits.")
 
-argv = ["evaluate", "--run", str(run.path), "--preset", preset or "quick"]
-argv += [item for name in OVERRIDABLE if getattr(settings, name) != getattr(defaults, name)
-         for item in (f"--{name.replace('_', '-')}", str(getattr(settings, name)))]
 if st.button("Evaluate coalitions", type="primary", icon=":material/play_arrow:"):
     try:
         if rewards != run_config.rewards:
             run.save_config(dataclasses.replace(run_config, rewards=rewards))
-        launch_job(run, "evaluate", argv)
-    except JobBusyError as error:
+        launch(run, "evaluate", settings)
+    except UserError as error:
         show_user_error(error)
-st.caption(f"Runs in the background as `python -m valuation {' '.join(argv)}`: you can close the browser.")
+st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'evaluate', settings))}`: "
+           "you can close the browser.")
 
 job_panel(run, "evaluate")
 

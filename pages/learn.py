@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pages.ui import through_app
+
+through_app()  # opened outside app.py's st.navigation: hand over to it
+
 from math import factorial
 
 import numpy as np
@@ -12,8 +16,7 @@ import streamlit as st
 from plotly.colors import hex_to_rgb
 
 from pages.ui import chart, colors, current_run
-from valuation.values import utilities_path
-from valuation.runs import Run
+from valuation.axioms import check_axioms
 from valuation.lesson import (
     ARITHMETIC_FORMULA,
     GENERAL_FORMULA,
@@ -24,17 +27,18 @@ from valuation.lesson import (
     LessonGame,
     all_orders,
     arithmetic_latex,
-    check_axioms,
     exact_values,
     formula_latex,
-    formula_terms,
     lattice,
     lesson_game,
     number,
+    shapley_terms,
     shuffled_order,
     simulate,
     walkthrough,
 )
+from valuation.runs import Run
+from valuation.values import utilities_path
 
 ORDER_KEY, SEED_KEY = "learn_order", "learn_shuffle_seed"
 
@@ -228,7 +232,7 @@ st.latex(GENERAL_FORMULA)
 player = st.selectbox("Source", players, help="Write out the formula for this source with the game's numbers.")
 st.latex(formula_latex(table, player, objective))
 with st.expander("The terms as a table"):
-    st.dataframe(formula_terms(table, player, objective).drop(columns="weight"), width="stretch", hide_index=True)
+    st.dataframe(shapley_terms(table, player, objective).drop(columns="weight"), width="stretch", hide_index=True)
 st.markdown(f"The exact Shapley values of every source on *{objective}*:")
 values = pd.DataFrame({"source": players, "Shapley value": exact[:, k].round(12) + 0.0})
 st.dataframe(values, width="stretch", hide_index=True)
@@ -292,8 +296,9 @@ columns[0].metric("Adapters to train", costs.adapters, help="One per source.")
 columns[1].metric("Models without arithmetic", costs.fine_tunings_without_arithmetic,
                   help="One per non-empty coalition; the empty coalition is the base model.")
 columns[2].metric("Forward passes per token", costs.forward_passes_per_token,
-                  help=f"Coalition S costs |S| + 1 passes (its adapters and the base); over all {costs.coalitions} "
-                       f"coalitions: {costs.adapter_passes} adapter passes + {costs.base_passes} base passes.")
+                  help=f"Coalition S costs |S| + 1 passes (its adapters and the base), but the base model and a "
+                       f"single source one each; over all {costs.coalitions} coalitions: {costs.adapter_passes} "
+                       f"adapter passes + {costs.base_passes} base passes.")
 columns[3].metric("Passes to score a fixed reply", costs.teacher_forced_passes,
                   help="Scoring a given reply: n + 1 passes give every coalition's log-probabilities by arithmetic.")
 chart(cost_figure(n))

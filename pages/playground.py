@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pages.ui import through_app
+
+through_app()  # opened outside app.py's st.navigation: hand over to it
+
 import streamlit as st
 
 from pages.ui import cached_coalition_model, cached_preferences, require_run, show_user_error
@@ -98,11 +102,12 @@ for k, slot in enumerate(st.columns(count + 1, border=True)):
         if k == 0:
             column = Column()
         else:
-            default = defaults[k - 1] if k - 1 < len(defaults) else Column(tuple(sources))
-            picked = st.pills(f"Column {k}: sources", sources, selection_mode="multi", default=list(default.sources),
-                              key=f"playground_sources_{k}", wrap=True)
+            default = defaults[k - 1] if k - 1 < len(defaults) else Column(frozenset(sources))
+            picked = st.pills(f"Column {k}: sources", sources, selection_mode="multi",
+                              default=[s for s in sources if s in default.sources], key=f"playground_sources_{k}",
+                              wrap=True)
             merged = st.toggle("ablation: weight-space merge (cat)", key=f"playground_merge_{k}", width="stretch")
-            column = Column(tuple(s for s in sources if s in picked), merged)
+            column = Column(frozenset(picked), merged)
         st.markdown(f"**{column.title}**" + (" (merged)" if column.is_merge else ""))
         st.caption(column.formula)
         columns.append(column)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pages.ui import through_app
+
+through_app()  # opened outside app.py's st.navigation: hand over to it
+
+from dataclasses import replace
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -9,19 +15,25 @@ import streamlit as st
 from plotly.colors import hex_to_rgb
 
 from pages.ui import chart, colors, require_run, show_user_error
+from valuation.coalitions import EXACT_MAX_PLAYERS
 from valuation.errors import UserError
-from valuation.shapley import UtilityTable
+from valuation.rewards import reward_accuracies
+from valuation.utility_table import UtilityTable
 from valuation.values import (
-    EXACT_DEFAULT_MAX_PLAYERS,
     Valuation,
-    ValuationConfig,
+    estimation,
     load_utilities,
-    reward_accuracies,
-    utilities_path,
+    run_valuation_config,
+    target_tables,
     value_sources,
+    values_by_target,
     with_combined,
 )
 
+
+
+TARGET_LABELS = {"direct": "direct sampling of every coalition", "token": "pooled, token-level target",
+                 "sequence": "pooled, sequence-level target"}
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading coalition utilities…")
@@ -88,16 +100,28 @@ st.caption("A source's Shapley value is its average marginal contribution to the
            "models, over every order in which the sources could join. The values add up to v(N) − v(∅).")
 
 run = require_run()
-path = utilities_path(run)
-if not path.is_file():
-    st.info("This run has no coalition utilities yet. Train adapters on the Training page, then evaluate "
-            "coalitions on the Evaluate page.", icon=":material/info:")
-    st.stop()
 try:
-    table = cached_utilities(str(path), path.stat().st_mtime)
+    tables = target_tables(run)
+    estimated = estimation(run)
 except UserError as error:
     show_user_error(error)
     st.stop()
+if not tables:
+    st.info("This run has no coalition utilities yet. Train adapters on the Training page, then evaluate "
+            "coalitions on the Evaluate page.", icon=":material/info:")
+    st.stop()
+target = st.radio("Target", list(tables), horizontal=True, format_func=TARGET_LABELS.get,
+                  help="Pooled evaluations value every coalition from one pool of responses, under two targets: the "
+                       "token-level arithmetic model (what the sampler and the Playground sample) and DPO's "
+                       "sequence-level product of experts (the theory's exact form).")
+path = tables[target]
+try:
+    table = cached_utilities(str(path), path.stat().st_mtime)
+    evaluated = run_valuation_config(run)  # the evaluation's method, permutations and seed
+except UserError as error:
+    show_user_error(error)
+    st.stop()
+st.caption(f"Utilities: {TARGET_LABELS[target]} ({path.name}).")
 
 # --- Reward models -----------------------------------------------------------------------------
 accuracies = reward_accuracies(run)
@@ -112,13 +136,18 @@ if not accuracies.empty:
 
 # --- Method ------------------------------------------------------------------------------------
 n = len(table.players)
+# Sampled: the evaluation measured only the coalitions its seeded permutations visit, so only
+# those permutations find every coalition they ask for.
+sampled = evaluated.resolved_method(n) == "permutation"
 left, middle, right = st.columns(3)
-method = left.radio("Method", ["Exact", "Monte Carlo"], index=0 if n <= EXACT_DEFAULT_MAX_PLAYERS else 1,
+method = left.radio("Method", ["Exact", "Monte Carlo"], index=1 if sampled else 0,
                     horizontal=True, help=f"Exact uses all 2^{n} = {2 ** n} coalitions; Monte Carlo samples "
                                           "orders of the sources (antithetic pairs).")
-budget = middle.number_input("Permutations", 4, 1_000_000, ValuationConfig().permutations, step=100,
-                             disabled=method == "Exact")
-confidence = right.slider("Confidence", 0.5, 0.99, ValuationConfig().confidence, 0.01)
+budget = middle.number_input("Permutations", 4, 1_000_000, evaluated.permutations, step=100,
+                             disabled=method == "Exact" or sampled,
+                             help=f"Fixed by the evaluation (seed {evaluated.seed}): it measured only the "
+                                  "coalitions these permutations visit." if sampled else None)
+confidence = right.slider("Confidence", 0.5, 0.99, evaluated.confidence, 0.01)
 
 # --- Combined objective ------------------------------------------------------------------------
 base_objectives = table.objectives
@@ -130,8 +159,8 @@ if len(base_objectives) >= 2:
     table = with_combined(table, weight, first, second)
 
 try:
-    valuation = value_sources(table, ValuationConfig(method="exact" if method == "Exact" else "permutation",
-                                                     permutations=int(budget), confidence=confidence))
+    valuation = value_sources(table, replace(evaluated, method="exact" if method == "Exact" else "permutation",
+                                             permutations=int(budget), confidence=confidence))
 except UserError as error:
     show_user_error(error)
     st.stop()
@@ -148,7 +177,7 @@ if not valuation.has_intervals:
 with st.expander("Banzhaf values beside Shapley"):
     if valuation.banzhaf is None:
         st.caption("Banzhaf values need every coalition of at most "
-                   f"{EXACT_DEFAULT_MAX_PLAYERS} sources in the table.")
+                   f"{EXACT_MAX_PLAYERS} sources in the table.")
     else:
         st.caption("Banzhaf weighs every coalition of the others equally; Shapley weighs each coalition size equally.")
         st.dataframe(valuation.export_frame().pivot_table(index=["objective", "player"], columns="method",
@@ -185,6 +214,30 @@ if valuation.shapley.convergence is not None:
     st.caption(f"{valuation.shapley.convergence.n_permutations} permutations, "
                f"{valuation.shapley.convergence.n_evaluations} distinct coalitions; bands are ± one standard error.")
     chart(convergence_figure(valuation, objective))
+
+# --- How the pooled evaluation estimated each coalition -----------------------------------------
+if not estimated.empty:
+    st.subheader("How each coalition was estimated")
+    shown = estimated[estimated.target == target].assign(coalition=lambda f: f.coalition.replace("", "∅ (base)"))
+    direct = shown[shown.estimator == "direct"].coalition.tolist()
+    if direct:
+        st.warning(f"{len(direct)} coalition(s) were sampled directly: the pool reached them with an effective sample "
+                   f"size below the floor ({', '.join(direct[:6])}{', …' if len(direct) > 6 else ''}).")
+    weak = shown[(shown.estimator == "pooled") & shown.below_floor].coalition.tolist()
+    if weak:
+        st.warning(f"{len(weak)} coalition(s) rest on few effective responses (ESS below the floor) and the "
+                   f"{target}-level target cannot be sampled directly: read their values with care "
+                   f"({', '.join(weak[:6])}{', …' if len(weak) > 6 else ''}).")
+    st.caption("Effective sample size: how many independent responses a coalition's importance-weighted estimate is "
+               "worth, averaged over prompts (the pool's size at most).")
+    chart(px.bar(shown, x="coalition", y="ess_mean", color="estimator", hover_data=["ess_min"],
+                 labels={"ess_mean": "mean ESS per prompt"}))
+    if len(tables) > 1:
+        objective = st.selectbox("Token against sequence level, objective", base_objectives, key="targets_objective")
+        both = values_by_target({t: cached_utilities(str(p), p.stat().st_mtime) for t, p in tables.items()},
+                                replace(evaluated, confidence=confidence)).query("objective == @objective")
+        chart(px.bar(both, x="player", y="value", color="target", barmode="group", error_y="plus",
+                     error_y_minus="minus", labels={"player": "source", "value": f"Shapley value, {objective}"}))
 
 # --- Coalition utilities and downloads ---------------------------------------------------------
 st.subheader("Coalition utilities")

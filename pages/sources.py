@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pages.ui import through_app
+
+through_app()  # opened outside app.py's st.navigation: hand over to it
 
 import plotly.express as px
 import streamlit as st
@@ -10,7 +12,7 @@ import streamlit as st
 from pages.ui import cached_preferences, chart, require_run, show_user_error
 from valuation.config import ConfigError, DataConfig
 from valuation.errors import UserError
-from valuation.sources import describe_sources, pair_lengths, record_sources
+from valuation.sources import describe_sources, pair_lengths, record_sources, save_upload
 
 st.title("Sources")
 st.caption("Each source is a player in the game: one adapter is trained per source, and its Shapley value "
@@ -36,11 +38,7 @@ elif kind == "upload":
     if upload is None:
         st.info("Upload a JSONL, CSV or Parquet file. Without a `source` column the file is one source.")
         st.stop()
-    target = run.path / "uploads" / Path(upload.name).name
-    if not target.exists() or target.read_bytes() != upload.getvalue():  # once per upload, not per rerun
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(upload.getvalue())
-    dataset = str(target)
+    dataset = str(save_upload(run, upload.name, upload.getvalue()))  # once per upload, not per rerun
 elif kind == "path":
     dataset = st.text_input("Path to a JSONL/CSV/Parquet file, or a folder with one file per source",
                             "" if saved.dataset in ("hh-rlhf", "ultrafeedback") else saved.dataset)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pages.ui import through_app
+
+through_app()  # opened outside app.py's st.navigation: hand over to it
+
 import plotly.express as px
 import streamlit as st
 
@@ -9,8 +13,9 @@ from pages.ui import cached_preferences, chart, job_panel, require_run, show_use
 from valuation.adapters import trained_sources
 from valuation.config import field_help
 from valuation.errors import UserError
-from valuation.jobs import JobStatus, job_status
-from valuation.training import PRESETS, TrainConfig, adapter_table, launch_training, source_progress, training_curves
+from valuation.background import JobStatus, job_status
+from valuation.jobs import job_config, launch
+from valuation.training import PRESETS, TrainConfig, adapter_table, source_progress, training_curves
 
 MAIN_SETTINGS = ("max_pairs", "epochs", "learning_rate", "batch_size", "max_length", "max_prompt_length")
 
@@ -55,7 +60,7 @@ with st.container(border=True):
                + (f" Already trained: {', '.join(trained)}." if trained else ""))
     if st.button("Launch training", type="primary", disabled=busy or not todo, icon=":material/play_arrow:"):
         try:
-            launch_training(run, preset, sources, overrides, retrain=retrain)
+            launch(run, "train", job_config("train", preset, sources=sources, retrain=retrain, **overrides))
         except UserError as error:
             show_user_error(error)
         else:

@@ -6,7 +6,10 @@ Pages import this module; it holds no valuation logic (that lives in `valuation/
 from __future__ import annotations
 
 import json
+import runpy
+import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import plotly.express as px
@@ -15,14 +18,16 @@ import streamlit as st
 from valuation.config import DataConfig, to_dict
 from valuation.demo import install_demo
 from valuation.data import PreferenceData, load_preferences
+from valuation import progress
 from valuation.errors import UserError
-from valuation.jobs import JobStatus, cancel_job, job_status
-from valuation.runs import Run, RunError, create_run, list_runs
+from valuation.background import JobStatus, cancel_job, job_status
+from valuation.runs import Run, RunError, create_run, list_runs, runs_root
 
 if TYPE_CHECKING:
     from valuation.models import LoadedModel
 
 RUN_KEY = "run_name"
+APP_FILE = Path(__file__).resolve().parent.parent / "app.py"
 
 
 def current_run() -> Run | None:
@@ -43,11 +48,46 @@ def require_run() -> Run:
     return run
 
 
+def run_page(page) -> None:
+    """app.py's last line: run the page st.navigation chose, marked as reached through it."""
+    _navigation.active = True
+    try:
+        page.run()
+    finally:
+        _navigation.active = False
+
+
+def through_app() -> None:
+    """Every page's first call. Until app.py has reached st.navigation once in the server process,
+    Streamlit (1.67, with a pages/ folder) runs a requested page file alone, on its legacy path: the
+    sidebar lists every file of pages/ and has no run picker. That happens to a deep link as the first
+    request of a fresh server, and to a click that interrupts app.py's first run before st.navigation
+    (AppTest takes that path on every run). A page not run by `run_page` runs app.py instead, in this
+    same script run, so the widget that triggered it (a click) still counts; then it stops."""
+    if not getattr(_navigation, "active", False):
+        runpy.run_path(str(APP_FILE), run_name="__main__")
+        st.stop()
+
+
+_navigation = threading.local()  # a script run is one thread: is it inside `run_page`?
+
+
+if __name__ == "__main__":  # this helper module itself opened as a page (/ui) on the legacy path
+    through_app()
+
+
+@st.cache_resource(show_spinner=False)
+def _install_demo_once(root: Path) -> None:
+    """The shipped demo, copied into an empty runs folder once per server process: not on every rerun,
+    and a user who deletes it is not handed it back."""
+    install_demo(root)
+
+
 def run_sidebar() -> None:
     """Pick an existing run, or create one; the choice is kept in the session across pages."""
     with st.sidebar:
         st.subheader("Run")
-        install_demo()  # a fresh install opens on the shipped demo run
+        _install_demo_once(runs_root())  # a fresh install opens on the shipped demo run
         runs = list_runs()
         names = [r.name for r in runs]
         if names:
@@ -168,8 +208,7 @@ def job_panel(run: Run, kind: str, details: Callable[[JobStatus | None], None] |
 
 
 def latest_step(status: JobStatus) -> None:
-    """A progress bar for the job's latest stage (events with stage, done and total)."""
-    steps = [e for e in status.events if e.get("event") == "step" and e.get("total")]
-    if steps:
-        last = steps[-1]
+    """A progress bar for what the job is doing now (its latest step event)."""
+    last = progress.latest_step(status.events)
+    if last:
         st.progress(min(1.0, last["done"] / last["total"]), text=f"{last['stage']}: {last['done']}/{last['total']}")

@@ -3,13 +3,18 @@ Shapley values carry. Each experiment runs in the background; its results are re
 
 from __future__ import annotations
 
+from pages.ui import through_app
+
+through_app()  # opened outside app.py's st.navigation: hand over to it
+
 import plotly.express as px
 import streamlit as st
 
-from pages.ui import job_panel, require_run, show_user_error
+from pages.ui import job_panel, latest_step, require_run, show_user_error
 from valuation.errors import UserError
-from valuation.validation import (EXPERIMENTS, PRESETS, accuracy_shapley, comparisons, latest_progress,
-                                  launch_validation, method_shapley, scaling_summary, validation_argv, validation_dir)
+from valuation.jobs import command, job_config, launch
+from valuation.validation import (EXPERIMENTS, PRESETS, accuracy_shapley, comparisons, current_experiment,
+                                  method_shapley, results_dir, scaling_summary)
 
 st.title("Validate")
 st.caption("The method's claim: a coalition built by adding log-probabilities, log π_S = Σ log π_l + (1 − |S|) log π_0, "
@@ -31,29 +36,34 @@ experiments = middle.multiselect("Experiments", EXPERIMENTS, default=list(EXPERI
 sources = right.multiselect("Sources of the training experiments", available,
                             help=f"Default: the run's first {PRESETS[preset].n_sources}. Every coalition of two or "
                                  "more is trained sequentially (both orders) and on pooled data.")
-if st.button("Run validation", type="primary", icon=":material/play_arrow:", disabled=not experiments):
+try:
+    config = job_config("validate", preset, experiments=experiments, sources=sources)
+except UserError as error:  # no experiment, or a single source
+    show_user_error(error)
+    config = None
+if st.button("Run validation", type="primary", icon=":material/play_arrow:", disabled=config is None):
     try:
-        launch_validation(run, preset, experiments, sources)
+        launch(run, "validate", config)
     except UserError as error:
         show_user_error(error)
-st.caption(f"Runs in the background as `python -m valuation {' '.join(validation_argv(run, preset, experiments, sources))}`; "
-           "a relaunch skips every adapter and result already computed.")
+if config is not None:
+    st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'validate', config))}`; "
+               "a relaunch skips every adapter and result already computed.")
 
 
 def validation_progress(status) -> None:
     if status is None:
         return
-    experiment, stage, done, total = latest_progress(status.events)
+    experiment = current_experiment(status.events)
     if experiment:
         st.caption(f"Experiment: **{experiment}**")
-    if total:
-        st.progress(min(1.0, done / total), text=f"{stage}: {done}/{total}")
+    latest_step(status)
 
 
 job_panel(run, "validate", details=validation_progress)
 
 # --- Results ------------------------------------------------------------------------------------
-folder = validation_dir(run, preset)
+folder = results_dir(run, PRESETS[preset].folder)
 compared = comparisons(folder)
 by_method = method_shapley(folder)
 scaling = scaling_summary(folder)

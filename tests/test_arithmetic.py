@@ -1,4 +1,5 @@
-"""The arithmetic sampler and scorer on the tiny random model with random (non-trivial) LoRA adapters."""
+"""The arithmetic sampler on the tiny random model with random (non-trivial) LoRA adapters (the
+teacher-forced scorer's tests are in test_scoring.py)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,17 @@ from valuation.arithmetic import (
     GenerationRequest,
     SamplingError,
     SamplingSettings,
-    all_coalitions,
+    check_coalitions,
     coalition_requests,
-    formula,
     new_text,
-    prompt_ids,
+    row_chunks,
     sample_coalitions,
-    score_coalitions,
     stream_coalitions,
 )
+from valuation.coalitions import all_coalitions
 from valuation.config import ModelConfig
 from valuation.merging import merged_coalition_adapter
-from valuation.models import load_model
+from valuation.models import load_model, prompt_ids
 
 SOURCES = [f"s{i}" for i in range(10)]
 PROMPTS = [
@@ -84,17 +84,6 @@ def model_log_probs(model, ids: list[int], adapter: str | None) -> torch.Tensor:
     return logits.float().log_softmax(-1)
 
 
-def brute_force_log_likelihood(model, tokenizer, messages, response: list[int], coalition) -> float:
-    """log pi_S(response | prompt): per-token sum of member log-probs minus (|S|-1) base, renormalised."""
-    prompt = prompt_ids(tokenizer, messages)
-    ids = prompt + response
-    combined = (1 - len(coalition)) * model_log_probs(model, ids, None)
-    for member in coalition:
-        combined = combined + model_log_probs(model, ids, member)
-    per_token = combined[len(prompt) - 1:-1].log_softmax(-1)
-    return per_token[torch.arange(len(response)), torch.tensor(response)].sum().item()
-
-
 def brute_force_greedy(model, tokenizer, messages, coalition, steps: int) -> list[int]:
     """Greedy decoding of pi_S, recomputing every model on the whole prefix (no cache, no batch)."""
     ids = prompt_ids(tokenizer, messages)
@@ -112,14 +101,14 @@ def brute_force_greedy(model, tokenizer, messages, coalition, steps: int) -> lis
 # formulas and settings
 
 
-def test_formulas_and_coalitions():
-    assert formula(()) == "log π = log π_0"
-    assert formula(("a",)) == "log π = log π_a"
-    assert formula(("a", "b")) == "log π = log π_a + log π_b − log π_0"
-    assert formula(("a", "b", "c")) == "log π = log π_a + log π_b + log π_c − 2 log π_0"
-    assert len(all_coalitions(["a", "b", "c", "d"])) == 16
-    assert all_coalitions(["a", "b"]) == [(), ("a",), ("b",), ("a", "b")]
-    assert len(coalition_requests(PROMPTS, all_coalitions(["a", "b"]), samples=2)) == 3 * 2 * 4
+def test_requests_and_their_chunks():
+    requests = coalition_requests(PROMPTS, all_coalitions(["a", "b"]), samples=2)
+    assert len(requests) == 3 * 2 * 4
+    assert [r.coalition for r in requests[:4]] == [frozenset(), {"a"}, {"b"}, {"a", "b"}]
+    assert coalition_requests(PROMPTS[:1], [("b", "a")])[0].coalition == frozenset({"a", "b"})  # any order of names
+    # rows per group: 1 for the base and a singleton, |S| + 1 for a larger coalition
+    assert row_chunks(requests[:4], max_rows=3) == [[0, 1, 2], [3]]
+    assert row_chunks(requests[:4], max_rows=2) == [[0, 1], [2], [3]]  # a group too large for the budget goes alone
 
 
 @pytest.mark.parametrize("change, word", [
@@ -133,27 +122,14 @@ def test_bad_settings_are_user_errors(change, word):
 
 def test_unknown_or_repeated_sources_are_user_errors(tiny):
     model, tokenizer = tiny
-    for coalition in [("nope",), ("s0", "s0")]:
-        with pytest.raises(SamplingError):  # raised on the call, before the stream is iterated
-            stream_coalitions(model, tokenizer, [GenerationRequest(coalition, PROMPTS[0])], GREEDY)
+    with pytest.raises(SamplingError, match="no adapter named nope"):  # on the call, before the stream is iterated
+        stream_coalitions(model, tokenizer, [GenerationRequest(frozenset({"nope", "s0"}), PROMPTS[0])], GREEDY)
+    with pytest.raises(SamplingError, match="names a source twice"):  # a list of names, as a merge takes
+        check_coalitions(model, [["s0", "s0"]])
 
 
 # -----------------------------------------------------------------------------
-# identities: empty coalition = base, singleton = its adapter, pair = brute force
-
-
-def test_teacher_forced_scores_match_direct_computation(tiny):
-    model, tokenizer = tiny
-    response = tokenizer(" The sea is deep and blue.", add_special_tokens=False).input_ids
-    pairs = [(PROMPTS[0], response), (PROMPTS[1], response[:4]), (PROMPTS[2], " Water and light.")]
-    coalitions = [(), ("s0",), ("s1",), ("s0", "s1"), ("s0", "s1", "s2")]
-    scores = score_coalitions(model, tokenizer, pairs, coalitions, max_batch_rows=8)  # pairs batched, left-padded
-    for coalition in coalitions:
-        for p, (messages, reply) in enumerate(pairs):
-            reply = tokenizer(reply, add_special_tokens=False).input_ids if isinstance(reply, str) else reply
-            expected = brute_force_log_likelihood(model, tokenizer, messages, reply, coalition)
-            assert scores[coalition][p] == pytest.approx(expected, abs=1e-3), coalition
-    assert len(set(round(float(scores[c][0]), 3) for c in coalitions)) == len(coalitions)  # adapters matter
+# identities: empty coalition = base, singleton = its adapter, larger = brute force
 
 
 def test_greedy_sampling_matches_each_model_alone_and_brute_force(tiny):
@@ -295,20 +271,11 @@ def test_ten_adapters_with_top_k_and_top_p_stay_finite(tiny):
     requests = coalition_requests(PROMPTS[:2], [everyone, tuple(SOURCES[:5])])
     generations = sample_coalitions(model, tokenizer, requests, settings)
     assert all(g.num_tokens == 5 and all(0 <= t < len(tokenizer) for t in g.token_ids) for g in generations)
-    scores = score_coalitions(model, tokenizer, [(PROMPTS[0], generations[0].token_ids)], [everyone, ()])
-    assert all(torch.isfinite(torch.tensor(s)).all() for s in scores.values())
 
 
-def test_bfloat16_model_is_combined_in_float32():
+def test_bfloat16_model_samples():
     model, tokenizer = with_adapters("bfloat16")
-    response = tokenizer(" Plants need water.", add_special_tokens=False).input_ids
-    coalition = ("s0", "s1", "s2", "s3")
-    score = score_coalitions(model, tokenizer, [(PROMPTS[2], response)], [coalition])[coalition][0]
-    # bfloat16 forward passes round differently in a mixed batch than alone (about 1e-3 per token here);
-    # a bfloat16 combine would add up to 0.03 per token (half a step of bfloat16 at |log p| ~ 11, times 4 models).
-    expected = brute_force_log_likelihood(model, tokenizer, PROMPTS[2], response, coalition)
-    assert score == pytest.approx(expected, abs=0.02 * len(response))
-    generations = sample_coalitions(model, tokenizer, coalition_requests(PROMPTS[:1], [coalition]), SAMPLED)
+    generations = sample_coalitions(model, tokenizer, coalition_requests(PROMPTS[:1], [("s0", "s1", "s2", "s3")]), SAMPLED)
     assert generations[0].num_tokens == 6
 
 

@@ -1,5 +1,6 @@
 """End-to-end tests in a real browser (a user's flow: sources, training, playground, Shapley): Debian's chromium driven by Playwright, against the app
-served on localhost with the tiny random model.
+served on localhost with the tiny random model. Also: every page's URL as the first request of a fresh
+server, and the server's CPU while a job imports the model stack.
 
 On a user's machine without chromium these tests skip with a message; under CI=true they fail.
 Screenshots land in test-artifacts/ (ignored by git).
@@ -44,15 +45,15 @@ def _free_port() -> int:
 
 @contextmanager
 def serve(runs: Path, log_dir: Path, model: str = "tiny"):
-    """The app, started as a user would (streamlit run), on `model` and the runs folder `runs`."""
+    """The app, started as `make run` starts it (streamlit run from the project folder, which reads
+    .streamlit/config.toml), on `model` and the runs folder `runs`. Yields the app's URL and the server."""
     _browser_or_skip()
     port = _free_port()
     env = {**os.environ, "VALUATION_MODEL": model, "VALUATION_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
     log = open(log_dir / "streamlit.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+         "--server.port", str(port)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -66,7 +67,7 @@ def serve(runs: Path, log_dir: Path, model: str = "tiny"):
         server.kill()
         pytest.fail(f"the app did not start within 60 s; see {log.name}")
     try:
-        yield url
+        yield url, server
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -80,12 +81,12 @@ def app_url(tmp_path_factory):
     from valuation.runs import create_run
 
     create_run("existing", root=runs)
-    with serve(runs, tmp_path_factory.mktemp("server")) as url:
+    with serve(runs, tmp_path_factory.mktemp("server")) as (url, _):
         yield url
 
 
 @pytest.fixture(scope="session")
-def browser(app_url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -199,7 +200,8 @@ def test_train_generate_evaluate_and_read_values(page, app_url):
 
     open_page(page, "Evaluate")
     set_number(page, "Prompts", 2)
-    set_number(page, "Samples per prompt", 1)
+    set_number(page, "Samples per prompt (direct)", 1)
+    set_number(page, "Pool per anchor (pooled)", 1)
     set_number(page, "Max new tokens", 6)
     open_expander(page, "Reward models")
     set_number(page, "Pairs per reward model", 120)
@@ -227,7 +229,7 @@ def test_a_fresh_install_opens_on_the_demo_with_every_page_filled(browser, tmp_p
     folder.mkdir(parents=True, exist_ok=True)
     runs = tmp_path / "runs"
     runs.mkdir()
-    with serve(runs, tmp_path, model="embedded") as url:
+    with serve(runs, tmp_path, model="embedded") as (url, _):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(120_000)
         page.goto(url)
@@ -246,3 +248,98 @@ def test_a_fresh_install_opens_on_the_demo_with_every_page_filled(browser, tmp_p
             assert not page.locator("[data-testid='stException']").count(), title
             page.screenshot(path=str(folder / f"{title.lower()}.png"), full_page=False)
         page.close()
+
+
+NAV_LINKS = "[data-testid='stSidebarNav'] a"
+
+
+def nav_titles(page) -> list[str]:
+    """The sidebar's page links, by title (each link's text is its icon's name, then its title)."""
+    return [text.split("\n")[-1] for text in page.locator(NAV_LINKS).all_inner_texts()]
+
+
+def expect_the_real_app(page, title: str) -> None:
+    """app.py's navigation (never the legacy listing of pages/, helpers included), its run picker, and the page."""
+    expect(page.get_by_role("heading", name=title).first).to_be_visible(timeout=120_000)
+    expect(page.locator(NAV_LINKS)).to_have_count(len(PAGES), timeout=120_000)
+    wait_for_app(page)
+    assert nav_titles(page) == PAGES
+    expect(page.get_by_text("Current run")).to_be_visible()
+    assert not page.get_by_text("Pick or create a run").count()
+    assert not page.locator("[data-testid='stException']").count()
+
+
+@pytest.mark.parametrize("title", PAGES)
+def test_a_page_url_works_as_the_first_request_of_a_fresh_server(browser, tmp_path, title):
+    """A bookmark, or a tab left open across a restart: /<page> before any visit to /. Streamlit runs that
+    page file alone until app.py has reached st.navigation once; the page hands over to app.py."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with serve(runs, tmp_path, model="embedded") as (url, _):
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(f"{url}/{title.lower()}")
+        expect_the_real_app(page, title)
+        page.close()
+
+
+def test_a_click_during_the_first_run_of_a_fresh_server_keeps_the_real_navigation(browser, tmp_path):
+    """The first run of a fresh server starts with Streamlit's legacy listing of pages/ in the sidebar,
+    until app.py reaches st.navigation. A click on one of those links used to interrupt that run and leave
+    the whole server on the legacy path: links 'app … ui … validate', no run picker."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with serve(runs, tmp_path, model="embedded") as (url, _):
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.locator(NAV_LINKS).first.wait_for()
+        page.get_by_role("link", name="learn").first.click()  # the legacy 'learn' if the first run is still going
+        expect_the_real_app(page, "Learn")
+        page.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time, all threads: fields 14 and 15 of /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# What a background job does first, from .venv inside the project folder: thousands of file opens there.
+MODEL_STACK = ("import torch, transformers, peft, trl, datasets; "
+               "transformers.AutoModelForCausalLM, transformers.AutoTokenizer")
+WINDOW_S = 12.0  # about as long as that import takes here
+
+
+def server_cpu_during_a_job(browser, tmp_path) -> tuple[float, float]:
+    """The server's CPU seconds over WINDOW_S idle, then over WINDOW_S from the start of a job that imports
+    the model stack while a browser session is open. Idle is the fresh server before any session connects:
+    file watchers belong to sessions, so that is the server's floor whatever its watcher settings."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with serve(runs, tmp_path) as (url, server):
+        before = cpu_seconds(server.pid)
+        time.sleep(WINDOW_S)
+        idle = cpu_seconds(server.pid) - before
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        expect_the_real_app(page, "Sources")
+        page.wait_for_timeout(2000)
+        before = cpu_seconds(server.pid)
+        job = subprocess.Popen([sys.executable, "-c", MODEL_STACK], cwd=ROOT, start_new_session=True)
+        time.sleep(WINDOW_S)
+        busy = cpu_seconds(server.pid) - before
+        assert job.wait(timeout=300) == 0
+        page.close()
+    return idle, busy
+
+
+def test_the_server_stays_quiet_while_a_job_imports_the_model_stack(browser, tmp_path):
+    """With .streamlit/config.toml (no file watcher) a job's imports cost the server nothing. The bound: at
+    most 3x the idle server's CPU over as long an interval, idle counted as at least 0.1 s (ten ticks of
+    /proc's clock: an idle server uses less, and a session's websocket and a few ticks of noise must not fail
+    the test). With Streamlit's default watcher the server spent 10 s of CPU in that 12 s window, 30x the bound."""
+    idle, busy = server_cpu_during_a_job(browser, tmp_path)
+    print(f"server CPU over {WINDOW_S:.0f} s: {idle:.2f} s idle, {busy:.2f} s while a job imports the model stack")
+    assert busy <= 3 * max(idle, 0.1), (idle, busy)

@@ -14,11 +14,21 @@ from valuation.models import load_model
 from valuation.values import load_run_utilities, value_sources
 
 
+def machine_paths(folder) -> list[str]:
+    """Files of a run that name a place on this machine (a cache, a home or temporary folder)."""
+    import re
+
+    absolute = re.compile(r'"(/(root|home|tmp|Users|var)/|[A-Za-z]:\\\\)')
+    return [str(p) for p in folder.rglob("*") if p.suffix in (".json", ".yaml", ".csv", ".jsonl")
+            and absolute.search(p.read_text(encoding="utf-8"))]
+
+
 def test_export_keeps_results_in_float16_and_installs_once(tmp_path, monkeypatch):
     run = random_adapter_run(tmp_path / "runs", "built", ["harmless-base", "helpful-base"])
     (run.path / "job").mkdir()
     target = export_demo(run, tmp_path / "demo-run")
     assert not (target / "job").exists()
+    assert machine_paths(target) == []  # adapters name their base by id, resolved when loaded
     weights = load_file(target / "adapters" / "helpful-base" / "adapter_model.safetensors")
     assert {str(t.dtype) for t in weights.values()} == {"torch.float16"}
 
@@ -33,6 +43,7 @@ def test_export_keeps_results_in_float16_and_installs_once(tmp_path, monkeypatch
 
 @pytest.mark.skipif(not (DEMO_SOURCE / "config.yaml").exists(), reason="no demo run shipped yet")
 def test_shipped_demo_loads_and_its_values_recompute(tmp_path):
+    assert machine_paths(DEMO_SOURCE) == []
     run = install_demo(tmp_path)
     assert run is not None and run.problem() is None
     sources = trained_sources(run)

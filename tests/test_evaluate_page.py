@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, random_adapter_run
-from test_evaluation import REWARDS, TINY
-from valuation.game import evaluate_run
-from valuation.jobs import cancel_job, wait_for_job
+from conftest import APP, TINY_EVALUATION, TINY_REWARDS, random_adapter_run
+from valuation.jobs import run_job
+from valuation.background import cancel_job, wait_for_job
 from valuation.runs import create_run
 
 
@@ -26,11 +25,11 @@ def test_without_adapters_the_page_says_to_train_first(runs_dir):
 
 
 def test_estimate_launch_and_audit(runs_dir):
-    run = random_adapter_run(runs_dir, "ready", ["harmless-base", "helpful-base"], rewards=REWARDS, eval_prompts=4)
+    run = random_adapter_run(runs_dir, "ready", ["harmless-base", "helpful-base"], rewards=TINY_REWARDS, eval_prompts=4)
     app = _page("ready")
     assert not app.exception
     assert any("4 coalitions" in m.value for m in app.markdown)
-    evaluate_run(run, TINY, log=lambda _: None)
+    run_job(run, "evaluate", TINY_EVALUATION)
     app = _page("ready")
     assert not app.exception
     assert len(app.dataframe) == 2  # reward models, generations

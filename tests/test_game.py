@@ -5,22 +5,19 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import random_adapter_run
-from valuation.game import (EvaluationConfig, EvaluationError, coalitions_to_evaluate, evaluate_run,
-                                  evaluation_dir, load_samples)
+from conftest import TINY_EVALUATION as TINY, TINY_REWARDS as REWARDS, random_adapter_run
+from valuation.config import ConfigError, RewardConfig, RewardObjective
+from valuation.game import EvaluationConfig, EvaluationError, coalitions_to_evaluate
+from valuation.samples import evaluation_dir, load_samples
+from valuation.jobs import launch, run_job
 from valuation.values import load_run_utilities, value_sources
-from valuation.config import RewardConfig, RewardObjective
 
 SOURCES = ["harmless-base", "helpful-base"]
-TINY = EvaluationConfig(prompts=2, samples=2, max_new_tokens=4, chunk_prompts=1)
-REWARDS = RewardConfig(objectives=[RewardObjective("helpfulness", ["helpful-base"]),
-                                   RewardObjective("harmlessness", ["harmless-base"])], max_pairs=80, max_length=64,
-                       batch_tokens=1024)
 
 
 def test_evaluation_writes_utilities_resumes_and_rescores_without_sampling(tmp_path):
     run = random_adapter_run(tmp_path, "eval", SOURCES, rewards=REWARDS, eval_prompts=4)
-    path = evaluate_run(run, TINY, log=lambda _: None)
+    path = run_job(run, "evaluate", TINY)
     table = pd.read_csv(path, keep_default_na=False)
     assert set(table.coalition) == {"", "harmless-base", "helpful-base", "harmless-base+helpful-base"}
     assert len(table) == 4 * 2 and {"helpfulness", "harmlessness"} <= set(table.columns)
@@ -29,11 +26,11 @@ def test_evaluation_writes_utilities_resumes_and_rescores_without_sampling(tmp_p
 
     samples = sorted((evaluation_dir(run) / "samples").rglob("chunk-*.jsonl"))
     stamps = [p.stat().st_mtime_ns for p in samples]
-    evaluate_run(run, TINY, log=lambda _: None)  # everything cached: nothing sampled again
+    run_job(run, "evaluate", TINY)  # everything cached: nothing sampled again
     assert [p.stat().st_mtime_ns for p in samples] == stamps
 
     samples[1].unlink()  # a chunk lost (a killed job): only it is sampled again
-    evaluate_run(run, TINY, log=lambda _: None)
+    run_job(run, "evaluate", TINY)
     assert samples[1].exists() and samples[0].stat().st_mtime_ns == stamps[0]
 
     more = RewardConfig(objectives=REWARDS.objectives + [RewardObjective("overall", [])], max_pairs=80, max_length=64,
@@ -41,7 +38,7 @@ def test_evaluation_writes_utilities_resumes_and_rescores_without_sampling(tmp_p
     config = run.load_config()
     config.rewards = more
     run.save_config(config)
-    evaluate_run(run, TINY, log=lambda _: None)  # a new reward model re-scores the stored samples
+    run_job(run, "evaluate", TINY)  # a new reward model re-scores the stored samples
     assert [p.stat().st_mtime_ns for p in samples][0] == stamps[0]
     assert "overall" in pd.read_csv(path).columns
     audit = load_samples(run)
@@ -50,7 +47,7 @@ def test_evaluation_writes_utilities_resumes_and_rescores_without_sampling(tmp_p
 
 def test_common_random_numbers_same_prompts_and_seeds_for_every_coalition(tmp_path):
     run = random_adapter_run(tmp_path, "crn", SOURCES, rewards=REWARDS, eval_prompts=4)
-    evaluate_run(run, EvaluationConfig(prompts=1, samples=1, max_new_tokens=3, temperature=0), log=lambda _: None)
+    run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=1, samples=1, max_new_tokens=3, temperature=0))
     audit = load_samples(run)
     assert audit.prompt_id.nunique() == 1 and len(audit) == 4
 
@@ -59,17 +56,19 @@ def test_monte_carlo_evaluates_the_coalitions_the_estimator_will_ask_for():
     sources = [f"s{i}" for i in range(14)]
     config = EvaluationConfig(method="auto", permutations=10)
     coalitions = coalitions_to_evaluate(sources, config)
-    assert () in coalitions and tuple(sources) in coalitions
+    assert frozenset() in coalitions and frozenset(sources) in coalitions
     assert len(coalitions) < 2 ** 14 and len(coalitions) <= 10 * 14 + 1
 
 
 def test_evaluation_needs_trained_adapters(tmp_path):
     from valuation.config import DataConfig, ModelConfig, RunConfig
     from valuation.runs import create_run
+    from valuation.sources import record_sources
 
     run = create_run("untrained", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)), root=tmp_path)
+    record_sources(run, run.load_config().data)
     with pytest.raises(EvaluationError, match="No trained adapter"):
-        evaluate_run(run, TINY, log=lambda _: None)
+        run_job(run, "evaluate", TINY)
 
 
 def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
@@ -79,15 +78,15 @@ def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_pa
     import signal
     import time
 
-    from valuation.jobs import job_status, launch_job, wait_for_job
+    from valuation.background import job_status, wait_for_job
 
-    settings = ["--prompts", "3", "--samples", "1", "--max-new-tokens", "4", "--chunk-prompts", "1", "--temperature", "0"]
+    settings = EvaluationConfig(estimator="direct", prompts=3, samples=1, max_new_tokens=4, chunk_prompts=1, temperature=0)
     uninterrupted = random_adapter_run(tmp_path, "whole", SOURCES, rewards=REWARDS, eval_prompts=4)
     killed = random_adapter_run(tmp_path, "killed", SOURCES, rewards=REWARDS, eval_prompts=4)
     for run in (uninterrupted, killed):  # reward models first, so the kill lands in sampling
-        evaluate_run(run, EvaluationConfig(prompts=1, samples=1, max_new_tokens=1), log=lambda _: None)
+        run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=1, samples=1, max_new_tokens=1))
 
-    job = launch_job(killed, "evaluate", ["evaluate", "--run", str(killed.path), *settings])
+    job = launch(killed, "evaluate", settings)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((evaluation_dir(killed) / "samples").rglob("chunk-*.jsonl"))) < 2:
         time.sleep(0.2)
@@ -96,7 +95,49 @@ def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_pa
     assert job_status(killed).state == "failed"
 
     for run in (killed, uninterrupted):
-        launch_job(run, "evaluate", ["evaluate", "--run", str(run.path), *settings])
+        launch(run, "evaluate", settings)
         assert wait_for_job(run, timeout_s=300).state == "done", job_status(run).log_tail
     read = lambda run: pd.read_csv(evaluation_dir(run) / "utilities.csv", keep_default_na=False)  # noqa: E731
     pd.testing.assert_frame_equal(read(killed), read(uninterrupted))
+
+
+def test_pooled_evaluation_values_every_coalition_from_one_pool_and_resumes(tmp_path):
+    run = random_adapter_run(tmp_path, "pooled", SOURCES, rewards=REWARDS, eval_prompts=4)
+    config = EvaluationConfig(prompts=2, pool_per_anchor=3, max_new_tokens=4, chunk_prompts=1, ess_floor=0)
+    path = run_job(run, "evaluate", config)
+    table = pd.read_csv(path, keep_default_na=False)
+    assert set(table.coalition) == {"", "harmless-base", "helpful-base", "harmless-base+helpful-base"}
+    assert len(table) == 4 * 2 and {"helpfulness", "harmlessness"} <= set(table.columns)
+    audit = load_samples(run)
+    assert len(audit) == 2 * 4 * 3  # prompts x anchors (base, each source, both) x pool per anchor: nothing else
+    estimation = pd.read_csv(evaluation_dir(run) / "estimation.csv", keep_default_na=False)
+    assert set(estimation.target) == {"token", "sequence"} and set(estimation.estimator) == {"pooled"}
+    assert ((estimation.ess_min >= 1 - 1e-9) & (estimation.ess_mean <= 12 + 1e-9)).all()  # 1 <= ESS <= M
+    sequence = pd.read_csv(evaluation_dir(run) / "utilities-sequence.csv", keep_default_na=False)
+    assert len(sequence) == len(table) and value_sources(load_run_utilities(run)).players == tuple(sorted(SOURCES))
+
+    stamps = {p: p.stat().st_mtime_ns for p in (evaluation_dir(run) / "weights").rglob("chunk-*.json")}
+    run_job(run, "evaluate", config)  # resumes: nothing sampled or weighed again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    pd.testing.assert_frame_equal(pd.read_csv(path, keep_default_na=False), table)
+
+
+def test_pooled_falls_back_to_direct_sampling_below_the_ess_floor(tmp_path):
+    run = random_adapter_run(tmp_path, "floor", SOURCES, rewards=REWARDS, eval_prompts=4)
+    # A floor above the pool size: no coalition can reach it, so every one is sampled directly.
+    config = EvaluationConfig(prompts=2, samples=2, pool_per_anchor=2, max_new_tokens=4, chunk_prompts=1, ess_floor=100)
+    run_job(run, "evaluate", config)
+    estimation = pd.read_csv(evaluation_dir(run) / "estimation.csv", keep_default_na=False).set_index(["target", "coalition"])
+    assert set(estimation.loc["token"].estimator) == {"direct"}
+    assert set(estimation.loc["sequence"].estimator) == {"pooled"}  # a product of experts cannot be sampled directly
+    direct = run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=2, samples=2, max_new_tokens=4,
+                                                       chunk_prompts=1, top_p=1.0))
+    pooled_then_direct = pd.read_csv(direct, keep_default_na=False)
+    assert not (evaluation_dir(run) / "estimation.csv").exists()  # a direct evaluation leaves no pooled record
+    assert len(pooled_then_direct) == 8
+
+
+def test_pooled_needs_the_untruncated_model():
+    with pytest.raises(ConfigError, match="top_p"):
+        EvaluationConfig(top_p=0.9).validate()
+    EvaluationConfig(estimator="direct", top_p=0.9).validate()

@@ -1,21 +1,20 @@
-"""The Learn page, with no run (the example game) and on a run's own utilities."""
+"""The Learn page, with no run (the example game) and on a run's own utilities: its numbers are the
+game's, worked out by the formulas it teaches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from valuation.values import utilities_path
+from conftest import APP, additive_prompt_frame, labelled, write_utilities
+from valuation.coalitions import all_coalitions, coalition_name, decode_rows
+from valuation.lesson import example_game, exact_values, number, simulate
 from valuation.runs import create_run
-from valuation.shapley import coalition_name
-from valuation.lesson import coalitions_by_size
-
-from test_report import additive_prompt_frame
-
-APP = str(Path(__file__).parents[1] / "app.py")
+from valuation.values import load_run_utilities, value_sources
 
 
 def open_learn(runs: Path, monkeypatch: pytest.MonkeyPatch, run_name: str | None = None) -> AppTest:
@@ -29,42 +28,88 @@ def open_learn(runs: Path, monkeypatch: pytest.MonkeyPatch, run_name: str | None
     return at.run()
 
 
-def test_learn_page_without_a_run_teaches_the_example_game(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The one table on the page with this column."""
+    (frame,) = [d.value for d in at.dataframe if column in d.value.columns]
+    return frame
+
+
+def shown_values(at: AppTest) -> pd.Series:
+    """The exact Shapley values the page lists, by source."""
+    return frame_with(at, "Shapley value").set_index("source")["Shapley value"]
+
+
+def test_learn_page_works_the_example_game_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = open_learn(tmp_path, monkeypatch)
     assert not at.exception
     assert [t.value for t in at.title] == ["Learn"]
     assert "example game" in at.info[0].value and "no run is selected" in at.info[0].value
-    # lattice, walkthrough, Monte Carlo, costs
-    assert len(at.get("plotly_chart")) == 4
-    assert len(at.success) == 4  # every axiom holds on the example game's helpfulness
-    assert any(r"\phi_{\text{forum}}" in latex.value for latex in at.latex)
+    table = example_game()
+    players, exact = list(table.players), exact_values(table)
+    v_empty, v_full = table.value(frozenset(), "helpfulness"), table.value(frozenset(players), "helpfulness")
 
-    at.radio[0].set_value("harmlessness").run()
+    # 1. the game's size and ends; 6. what building its coalitions costs, as the sampler counts rows
+    assert metrics(at) == {
+        "Sources n": "4", "Coalitions 2ⁿ": "16", "v(∅), base model": number(v_empty), "v(N), all sources": number(v_full),
+        "Adapters to train": "4", "Models without arithmetic": "15",
+        "Forward passes per token": str(sum(decode_rows(c) for c in all_coalitions(players))),
+        "Passes to score a fixed reply": "5"}
+    assert metrics(at)["Forward passes per token"] == "44"  # 1 + 4 singletons + 6 x 3 + 4 x 4 + 5
+
+    # 2. one order: its marginal contributions add up to v(N) - v(empty); over all orders they average to Shapley
+    steps = frame_with(at, "step")
+    assert steps.source.tolist() == players and steps.marginal.sum() == pytest.approx(v_full - v_empty)
+    orders = frame_with(at, "order")
+    assert len(orders) == 24 + 1 and orders.order.iloc[-1] == "average over all orders"
+    np.testing.assert_allclose(orders[players].iloc[-1], exact[:, 0], atol=1e-12)
+
+    # 3. the formula with the game's numbers: its terms sum to the value listed beside the others
+    np.testing.assert_allclose(shown_values(at)[players], exact[:, 0], atol=1e-12)
+    forum = exact[players.index("forum"), 0]
+    assert frame_with(at, "product")["product"].sum() == pytest.approx(forum)
+    assert any(rf"&= {number(forum)}\end{{aligned}}" in latex.value for latex in at.latex)
+
+    # 4. every axiom holds on the exact values; 5. the Monte Carlo caption counts what the sampling evaluated
+    assert len(at.success) == 4
+    simulation = simulate(table, "helpfulness", permutations=200, seed=0)
+    assert any(f"evaluated {simulation.n_evaluations} distinct coalitions of 16" in c.value for c in at.caption)
+
+    labelled(at.radio, "Objective").set_value("harmlessness").run()
     assert not at.exception
+    np.testing.assert_allclose(shown_values(at)[players], exact[:, 1], atol=1e-12)
     assert any("small-talk always adds 0.02 and gets 0.02" in s.value for s in at.success)
     assert any("symmetry asks nothing" in i.value for i in at.info)
 
     order = at.multiselect(key="learn_order")
     order.set_value(["small-talk", "refusals"]).run()
     assert not at.exception
+    assert frame_with(at, "step").source.tolist() == ["small-talk", "refusals", "forum", "manuals"]
     next(b for b in at.button if b.label == "Shuffle").click().run()
-    assert not at.exception and sorted(at.session_state["learn_order"]) == sorted(at.multiselect[0].options)
+    assert not at.exception and sorted(at.session_state["learn_order"]) == sorted(order.options)
 
-    at.selectbox[0].set_value("refusals").run()
-    at.slider[0].set_value(40).run()
-    at.toggle[0].set_value(False).run()
+    labelled(at.selectbox, "Source").set_value("refusals").run()
+    refusals = exact[players.index("refusals"), 1]
+    assert any(rf"&= {number(refusals)}\end{{aligned}}" in latex.value for latex in at.latex)
+    labelled(at.slider, "Permutations").set_value(40).run()
+    labelled(at.toggle, "Antithetic").set_value(False).run()
     assert not at.exception
 
 
 def test_learn_page_plays_the_runs_game(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = create_run("demo", root=tmp_path)
-    utilities_path(run).parent.mkdir(parents=True)
-    additive_prompt_frame(n_prompts=5).to_csv(utilities_path(run), index=False)
+    write_utilities(run.path, additive_prompt_frame(n_prompts=5))
     at = open_learn(tmp_path, monkeypatch, "demo")
     assert not at.exception
     assert "run 'demo'" in at.success[0].value
     assert at.multiselect(key="learn_order").options == ["noise", "strong", "weak"]
     assert any(r"\phi_{\text{noise}}" in latex.value for latex in at.latex)
+    # the values the Shapley page computes exactly, on the mean utility over prompts
+    expected = value_sources(load_run_utilities(run)).shapley
+    np.testing.assert_allclose(shown_values(at)[list(expected.players)], expected.values[:, 0], atol=1e-12)
 
 
 def test_learn_page_on_a_run_without_utilities_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,13 +121,14 @@ def test_learn_page_on_a_run_without_utilities_says_so(tmp_path: Path, monkeypat
 
 def test_learn_page_on_six_sources_hides_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = create_run("six", root=tmp_path)
-    utilities_path(run).parent.mkdir(parents=True)
     players = tuple("abcdef")
-    pd.DataFrame([{"coalition": coalition_name(s), "quality": len(s) ** 0.5 + 0.1 * ("a" in s)}
-                  for s in coalitions_by_size(players)]).to_csv(utilities_path(run), index=False)
+    write_utilities(run.path, pd.DataFrame([{"coalition": coalition_name(s), "quality": len(s) ** 0.5 + 0.1 * ("a" in s)}
+                                            for s in all_coalitions(players)]))
     at = open_learn(tmp_path, monkeypatch, "six")
     assert not at.exception
-    assert not at.radio  # one objective: no selector
+    assert not [r for r in at.radio if r.label == "Objective"]  # one objective: no selector
     assert any("the text is hidden beyond 5 sources" in c.value for c in at.caption)
     assert any(r"\tfrac{1}{6}\bigl(" in latex.value for latex in at.latex)  # the formula grouped by size
     assert not any(e.label.startswith("All ") for e in at.expander)  # 720 orders are not listed
+    assert metrics(at)["Forward passes per token"] == str(6 * 2 ** 5 + 2 ** 6 - 6)
+    np.testing.assert_allclose(shown_values(at)[list(players)], exact_values(load_run_utilities(run))[:, 0], atol=1e-12)

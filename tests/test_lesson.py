@@ -9,29 +9,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from valuation.values import utilities_path
-from valuation.runs import create_run
-from valuation.shapley import UtilityTable, coalition_name
+from valuation.axioms import check_axioms, dummies, symmetric_pairs
+from valuation.coalitions import all_coalitions, coalition_name, decode_rows
 from valuation.lesson import (
     EXAMPLE_GAME,
     ArithmeticCosts,
     all_orders,
     arithmetic_latex,
-    check_axioms,
-    coalitions_by_size,
-    dummies,
     example_game,
     exact_values,
     formula_latex,
-    formula_terms,
     lattice,
     lesson_game,
+    shapley_terms,
     shuffled_order,
     simulate,
-    symmetric_pairs,
     tex_text,
     walkthrough,
 )
+from valuation.runs import create_run
+from valuation.utility_table import UtilityTable
+from valuation.values import utilities_path
 
 GLOVES = ("L", "R1", "R2")  # one left glove, two right gloves: v(S) = pairs of gloves in S
 GLOVE_SHAPLEY = [2 / 3, 1 / 6, 1 / 6]
@@ -40,7 +38,7 @@ GLOVE_SHAPLEY = [2 / 3, 1 / 6, 1 / 6]
 def table_of(players: tuple[str, ...], game) -> UtilityTable:
     """A table with two objectives: the game and twice the game plus a constant."""
     rows = [{"coalition": coalition_name(s), "first": game(s), "second": 2 * game(s) + 1}
-            for s in coalitions_by_size(players)]
+            for s in all_coalitions(players)]
     return UtilityTable.from_frame(pd.DataFrame(rows))
 
 
@@ -96,10 +94,10 @@ def test_averaging_all_orders_is_exact_shapley(dummy_table: UtilityTable) -> Non
 def test_formula_terms_sum_to_the_value(glove_table: UtilityTable) -> None:
     exact = exact_values(glove_table)
     for i, player in enumerate(glove_table.players):
-        terms = formula_terms(glove_table, player, "first")
+        terms = shapley_terms(glove_table, player, "first")
         assert len(terms) == 4 and terms.weight.sum() == pytest.approx(1)
         assert terms["product"].sum() == pytest.approx(GLOVE_SHAPLEY[i]) == pytest.approx(exact[i, 0])
-    terms = formula_terms(glove_table, "L", "first")
+    terms = shapley_terms(glove_table, "L", "first")
     assert terms.weight_text.tolist() == ["1/3", "1/6", "1/6", "1/3"]
     latex = formula_latex(glove_table, "L", "first")
     assert latex.startswith(r"\begin{aligned}") and latex.endswith(r"&= 0.6667\end{aligned}")
@@ -177,9 +175,10 @@ def test_simulation_converges_to_exact(glove_table: UtilityTable) -> None:
 def test_arithmetic_counts() -> None:
     costs = ArithmeticCosts(4)
     assert (costs.adapters, costs.coalitions, costs.fine_tunings_without_arithmetic) == (4, 16, 15)
-    assert costs.adapter_passes == 32 and costs.base_passes == 16  # sum over S of |S|, and one base pass each
-    assert costs.forward_passes_per_token == 2 ** 3 * 4 + 2 ** 4 == 48
-    assert costs.forward_passes_per_token == sum(len(s) + 1 for s in coalitions_by_size("abcd"))
+    # sum over S of |S|; a base row for every coalition but the 4 singletons (each is its adapter alone)
+    assert costs.adapter_passes == 32 and costs.base_passes == 16 - 4
+    assert costs.forward_passes_per_token == 2 ** 3 * 4 + 2 ** 4 - 4 == 44
+    assert costs.forward_passes_per_token == sum(decode_rows(s) for s in all_coalitions("abcd"))  # as the sampler
     assert costs.teacher_forced_passes == 5
 
 

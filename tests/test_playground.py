@@ -56,26 +56,31 @@ def coalition_model(tmp_path_factory):
 # the library
 
 
+def column(*sources: str, merged: bool = False) -> Column:
+    return Column(frozenset(sources), merged)
+
+
 def test_columns_open_with_singletons_then_the_grand_coalition() -> None:
     assert default_columns([]) == []
-    assert default_columns(["a"]) == [Column(("a",))]
-    assert default_columns(["a", "b"]) == [Column(("a",)), Column(("b",)), Column(("a", "b"))]
-    assert default_columns(list("abcde")) == [Column(("a",)), Column(("b",)), Column(("c",)), Column(tuple("abcde"))]
+    assert default_columns(["a"]) == [column("a")]
+    assert default_columns(["a", "b"]) == [column("a"), column("b"), column("a", "b")]
+    assert default_columns(list("abcde")) == [column("a"), column("b"), column("c"), column(*"abcde")]
 
 
 def test_column_titles_and_formulas() -> None:
     assert (Column().title, Column().formula) == ("base model", "log π = log π_0")
-    assert Column(("a", "b")).formula == "log π = log π_a + log π_b − log π_0"
-    assert Column(("a",), merged=True).formula == "log π = log π_a"  # one adapter: nothing to merge
-    merged = Column(("a", "b"), merged=True)
+    assert column("b", "a").title == "a + b"
+    assert column("b", "a").formula == "log π = log π_a + log π_b − log π_0"
+    assert column("a", merged=True).formula == "log π = log π_a"  # one adapter: nothing to merge
+    merged = column("b", "a", merged=True)
     assert merged.is_merge and merged.formula == "π = π_0 with ΔW = ΔW_a + ΔW_b (weight-space merge)"
 
 
 def test_every_column_asks_for_the_same_prompt_and_draws(coalition_model) -> None:
     model, _ = coalition_model
-    columns = [Column(), Column(("alpha",)), Column(("alpha", "beta")), Column(("alpha", "beta"), merged=True)]
+    columns = [Column(), column("alpha"), column("alpha", "beta"), column("alpha", "beta", merged=True)]
     requests = column_requests(model, columns, MESSAGES)
-    assert [r.coalition for r in requests] == [(), ("alpha",), ("alpha", "beta"), ("merge:alpha+beta",)]
+    assert [r.coalition for r in requests] == [frozenset(), {"alpha"}, {"alpha", "beta"}, {"merge:alpha+beta"}]
     assert {(r.prompt_index, r.sample_index) for r in requests} == {(0, 0)}
     assert all(r.messages == MESSAGES for r in requests)
     assert "merge:alpha+beta" in model.peft_config
@@ -83,7 +88,7 @@ def test_every_column_asks_for_the_same_prompt_and_draws(coalition_model) -> Non
 
 def test_streamed_columns_match_the_sampler(coalition_model) -> None:
     model, tokenizer = coalition_model
-    columns = [Column(), Column(("alpha",)), Column(("alpha", "beta")), Column(("alpha",))]
+    columns = [Column(), column("alpha"), column("alpha", "beta"), column("alpha")]
     steps = list(stream_columns(model, tokenizer, columns, MESSAGES, SETTINGS))
     final = steps[-1]
     expected = sample_coalitions(model, tokenizer, [GenerationRequest(c.sources, MESSAGES) for c in columns], SETTINGS)
@@ -99,7 +104,7 @@ def test_a_stop_ends_every_column(coalition_model) -> None:
     model, tokenizer = coalition_model
     stop = threading.Event()
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=50, seed=5)
-    stream = stream_columns(model, tokenizer, [Column(), Column(("beta",))], MESSAGES, settings, stop)
+    stream = stream_columns(model, tokenizer, [Column(), column("beta")], MESSAGES, settings, stop)
     next(stream)
     stop.set()
     final = list(stream)[-1]
@@ -139,8 +144,12 @@ def open_page(runs: Path, name: str) -> AppTest:
     return max_tokens.set_value(5).run()
 
 
+def shown_texts(at: AppTest) -> list[str]:
+    return [t.value.strip() for t in at.text]  # read back without a reply's leading space
+
+
 def test_page_streams_every_column(runs_dir: Path) -> None:
-    make_run(runs_dir)
+    run = make_run(runs_dir)
     at = open_page(runs_dir, "demo")
     assert not at.exception
     assert [t.value for t in at.title] == ["Playground"]
@@ -151,18 +160,32 @@ def test_page_streams_every_column(runs_dir: Path) -> None:
     assert prompt.options[0] == "Write your own prompt" and prompt.value == prompt.options[1]  # a held-out example
     assert at.text_area[0].value.startswith(("alpha question", "beta question"))
 
+    prompt.set_value("Write your own prompt").run()
+    at.text_area[0].set_value(MESSAGES[0]["content"]).run()
+    # what the library streams for the page's columns, on the run's adapters, with the page's settings
+    loaded = load_model(ModelConfig(name="tiny", device="cpu"))
+    model = load_adapters(loaded, run)
+    settings = SamplingSettings(max_new_tokens=5)
+    columns = [Column(), column("alpha"), column("beta"), column("alpha", "beta")]
+
+    def expected_outputs() -> list:
+        return list(stream_columns(model, loaded.tokenizer, columns, MESSAGES, settings))[-1]
+
     (generate,) = [b for b in at.button if b.label == "Generate"]
     generate.click().run()
     assert not at.exception
-    texts = [t.value for t in at.text]
-    assert len(texts) == 4 and all(texts)  # the base model and three coalition columns
-    assert sum("tokens ·" in c for c in [c.value for c in at.caption]) == 4
+    expected = expected_outputs()
+    assert shown_texts(at) == [(o.text or "…").strip() for o in expected]  # the base model and three coalitions
+    shown = [c.value for c in at.caption if "tokens ·" in c.value]
+    assert [c.split(" · ")[0] for c in shown] == [f"{o.tokens} tokens" for o in expected]
 
     at.toggle(key="playground_merge_3").set_value(True).run()  # the grand coalition, merged in weight space
     assert any("weight-space merge" in c.value for c in at.caption)
     (generate,) = [b for b in at.button if b.label == "Generate"]
     generate.click().run()
-    assert not at.exception and len(at.text) == 4
+    assert not at.exception
+    columns[3] = column("alpha", "beta", merged=True)
+    assert shown_texts(at) == [(o.text or "…").strip() for o in expected_outputs()]
 
 
 def test_page_without_adapters_explains_and_keeps_the_base_model(runs_dir: Path) -> None:

@@ -8,31 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
-from valuation.data import load_preferences
-from valuation.models import chat_prompt, load_model, load_tokenizer, tiny_model_dir
+from valuation.config import ConfigError, DataConfig, ModelConfig, RewardConfig, RewardObjective, RunConfig
+from valuation.context import RunContext
+from valuation.models import chat_prompt, load_model, load_tokenizer, prompt_ids, reply_ids, tiny_model_dir
+from valuation.progress import Reporter, read_progress
+from valuation.reward_models import BradleyTerryHead, FeatureExtractor, HubRewardModel, RewardError, cut_left
 from valuation.rewards import (
     HARMLESS_HUB_ID,
     HEAD_FILE,
-    BradleyTerryHead,
-    HubRewardModel,
-    RewardConfig,
-    RewardError,
-    RewardObjective,
     default_reward_config,
-    FeatureExtractor,
-    transcript_ids,
     is_near_chance,
-    load_or_train_rewards,
     load_reward,
     objective_pairs,
     read_reward_card,
-    reward_split,
+    reward_accuracies,
+    reward_models,
     rewards_dir,
     wilson_interval,
 )
 from valuation.runs import create_run
-from valuation.splits import split_preferences
+from valuation.sources import record_sources
 
 TOPICS = ["gardening", "cooking", "travel"]
 
@@ -85,12 +80,16 @@ def test_head_roundtrip_gives_identical_scores(tmp_path):
 def test_left_truncation_keeps_the_reply(tiny):
     tokenizer = tiny.tokenizer
     prompt = [{"role": "user", "content": "tell me a long story " * 40}]
-    prompt_ids, reply_ids = transcript_ids(tokenizer, prompt, "The end.", max_length=32)
-    assert reply_ids == tokenizer("The end.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+    def transcript(reply: str) -> tuple[list[int], list[int]]:
+        return cut_left(prompt_ids(tokenizer, prompt), reply_ids(tokenizer, reply, end=True), max_length=32)
+
+    seen, reply = transcript("The end.")
+    assert reply == tokenizer("The end.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     full_prompt = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    assert len(prompt_ids) + len(reply_ids) == 32 and prompt_ids == full_prompt[-len(prompt_ids):]
-    prompt_ids, reply_ids = transcript_ids(tokenizer, prompt, "word " * 100, max_length=32)
-    assert prompt_ids == [] and len(reply_ids) == 32 and reply_ids[-1] == tokenizer.eos_token_id
+    assert len(seen) + len(reply) == 32 and seen == full_prompt[-len(seen):]
+    seen, reply = transcript("word " * 100)
+    assert seen == [] and len(reply) == 32 and reply[-1] == tokenizer.eos_token_id
 
 
 def test_packed_replies_get_the_features_they_get_alone(tiny):
@@ -102,25 +101,41 @@ def test_packed_replies_get_the_features_they_get_alone(tiny):
     assert together.shape == (3, 2 * 2 * 32) and torch.allclose(together, alone, atol=1e-5)
 
 
+def context_with(run, tiny, rewards: RewardConfig) -> RunContext:
+    """The run read once, on the module's tiny model, with these reward settings."""
+    context = RunContext.open(run)
+    context.base = tiny
+    context.config.rewards = rewards
+    return context
+
+
+def steps(reporter: Reporter) -> list[str]:
+    return [e["stage"] for e in read_progress(reporter.events) if e["event"] == "step"]
+
+
 def test_trained_rewards_are_cached_in_the_run_and_reload_identically(tmp_path, tiny, dataset):
     run = create_run("r", RunConfig(model=ModelConfig(name="tiny"), data=dataset), root=tmp_path)
+    record_sources(run, dataset)
     config = RewardConfig(batch_size=8, l2=0.1)
-    stages = []
-    models = load_or_train_rewards(run, tiny, config, progress=lambda stage, done, total: stages.append(stage))
-    assert list(models) == ["preference"] and stages
+    context = context_with(run, tiny, config)
+    reporter = Reporter(tmp_path / "first.jsonl")
+    models = reward_models(context, reporter)
+    assert list(models) == ["preference"] and steps(reporter)
     card = read_reward_card(run, "preference")
     assert 0 <= card["interval"][0] <= card["heldout_accuracy"] <= card["interval"][1] <= 1
-    assert card["train"]["count"] + card["heldout"]["count"] <= sum(len(p) for p in reward_split(dataset).values())
+    assert card["train"]["count"] + card["heldout"]["count"] <= sum(len(p) for p in context.split.reward.values())
+    assert reward_accuracies(run).set_index("objective").loc["preference", "accuracy"] == card["heldout_accuracy"]
     prompts = [[{"role": "user", "content": "How do I start?"}]] * 3
     replies = ["Plan carefully, step by step.", "No.", "Figure it out yourself."]
     scores = models["preference"].score(prompts, replies)
     assert scores.shape == (3,) and np.array_equal(scores, load_reward(run, "preference", tiny).score(prompts, replies))
     # Unchanged settings reuse the cache; a changed setting retrains.
-    stages.clear()
-    load_or_train_rewards(run, tiny, config, progress=lambda stage, done, total: stages.append(stage))
-    assert not stages
-    load_or_train_rewards(run, tiny, RewardConfig(batch_size=8, l2=0.2), progress=lambda *a: stages.append(a))
-    assert stages and read_reward_card(run, "preference")["key"]["l2"] == 0.2
+    again = Reporter(tmp_path / "again.jsonl")
+    assert reward_models(context, again)["preference"].key == models["preference"].key and not steps(again)
+    changed = Reporter(tmp_path / "changed.jsonl")
+    retrained = reward_models(context_with(run, tiny, RewardConfig(batch_size=8, l2=0.2)), changed)
+    assert steps(changed) and read_reward_card(run, "preference")["key"]["l2"] == 0.2
+    assert retrained["preference"].key != models["preference"].key  # stored scores are not reused
     # A missing head file is a user error, as is an objective the run never trained.
     (rewards_dir(run) / "preference" / HEAD_FILE).unlink()
     with pytest.raises(RewardError, match="missing"):
@@ -129,13 +144,15 @@ def test_trained_rewards_are_cached_in_the_run_and_reload_identically(tmp_path, 
         load_reward(run, "helpfulness", tiny)
 
 
-def test_reward_pairs_are_disjoint_from_training_pairs_and_eval_prompts(dataset):
+def test_reward_pairs_are_disjoint_from_training_pairs_and_eval_prompts(tmp_path, dataset):
     # The run values one source only; its reward models still train on every source's reward pairs.
-    run_data = DataConfig(**{**dataset.__dict__, "sources": ["cooking"]})
-    reward = reward_split(run_data)
-    assert sorted(reward) == sorted(TOPICS)
+    run = create_run("one", RunConfig(model=ModelConfig(name="tiny"), data=dataset), root=tmp_path)
+    record_sources(run, DataConfig(**{**dataset.__dict__, "sources": ["cooking"]}))
+    split = RunContext.open(run).split
+    reward = split.reward
+    assert sorted(reward) == sorted(TOPICS) and sorted(split.train) == ["cooking"]
     pairs = objective_pairs(reward, RewardObjective("preference"), RewardConfig(max_pairs=0))
-    everything = split_preferences(load_preferences(dataset), dataset)
+    everything = RunContext.open(record_run(tmp_path, dataset)).split  # every source valued
     train_keys = {p.prompt_key for source in everything.train.values() for p in source}
     eval_keys = {" ".join(e.messages[0]["content"].lower().split()) for e in everything.eval_prompts}
     reward_keys = {p.prompt_key for p in pairs.train + pairs.heldout}
@@ -163,11 +180,34 @@ def test_hh_defaults_and_config_errors():
             RewardConfig(**values).validate()
 
 
+def record_run(root, data: DataConfig):
+    run = create_run("all", RunConfig(model=ModelConfig(name="tiny"), data=data), root=root)
+    record_sources(run, data)
+    return run
+
+
 def test_wilson_interval_and_near_chance():
     low, high = wilson_interval(260, 400)
     assert low < 0.65 < high and abs((high - low) / 2 - 0.047) < 0.003
-    assert is_near_chance(0.53, (0.48, 0.58)) and is_near_chance(0.54, (0.51, 0.57))
-    assert not is_near_chance(0.65, wilson_interval(260, 400))
+    assert is_near_chance((0.48, 0.58)) and is_near_chance((0.40, 0.50))  # the interval holds 0.5
+    assert not is_near_chance((0.51, 0.57)) and not is_near_chance(wilson_interval(260, 400))
+
+
+def test_reward_cards_are_read_once_with_one_near_chance_rule(tmp_path):
+    from valuation.runs import Run
+
+    run = Run(tmp_path)
+    for name, card in {"helpfulness": {"heldout_accuracy": 0.55, "interval": [0.48, 0.62], "heldout_pairs": 200},
+                       "harmlessness": {"heldout_accuracy": 0.70, "interval": [0.63, 0.76]}}.items():
+        (rewards_dir(run) / name).mkdir(parents=True)
+        (rewards_dir(run) / name / "reward.json").write_text(json.dumps(card))
+    (rewards_dir(run) / "broken").mkdir()
+    (rewards_dir(run) / "broken" / "reward.json").write_text("{not json")
+    frame = reward_accuracies(run).set_index("objective")
+    assert list(frame.index) == ["harmlessness", "helpfulness"]  # the unreadable card is skipped
+    assert frame.near_chance.to_dict() == {"harmlessness": False, "helpfulness": True}
+    assert np.isnan(frame.loc["harmlessness", "pairs"])
+    assert reward_accuracies(Run(tmp_path / "nothing")).empty
 
 
 def test_hub_reward_model_plumbing_with_a_tiny_local_classifier(tmp_path):

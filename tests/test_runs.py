@@ -52,3 +52,26 @@ def test_cli_sources_lists_and_records(runs_dir, capsys):
 def test_cli_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
     assert main(["sources", "--data", str(tmp_path / "missing.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.csv'}: file not found."
+
+
+def test_an_upload_is_kept_in_the_run_written_atomically_once(tmp_path, monkeypatch) -> None:
+    import os
+
+    from valuation.runs import Run
+    from valuation.sources import save_upload
+
+    run = Run(tmp_path / "run")
+    path = save_upload(run, "../pairs.jsonl", b"first")
+    assert path == run.path / "uploads" / "pairs.jsonl" and path.read_bytes() == b"first"  # no escape from uploads/
+    stamp = path.stat().st_mtime_ns
+    assert save_upload(run, "pairs.jsonl", b"first").stat().st_mtime_ns == stamp  # a rerun writes nothing
+
+    def killed(*args):  # the process dies between writing and renaming
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    try:
+        save_upload(run, "pairs.jsonl", b"second, half-written")
+    except KeyboardInterrupt:
+        pass
+    assert path.read_bytes() == b"first" and [p.name for p in path.parent.iterdir()] == ["pairs.jsonl"]

@@ -10,22 +10,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from valuation.coalitions import (
+    BASE,
+    Coalition,
+    all_coalitions,
+    coalition_name,
+    decode_rows,
+    formula,
+    formula_terms,
+    parse_coalition,
+)
+from valuation.monte_carlo import MaxPermutations, StandardErrorBelow, bootstrap_intervals, permutation_shapley
 from valuation.shapley import (
     CachedGame,
-    Coalition,
-    MaxPermutations,
-    StandardErrorBelow,
-    UtilityTable,
     ValuationResult,
-    bootstrap_intervals,
-    coalition_name,
     exact_banzhaf,
     exact_shapley,
     pairwise_interactions,
-    parse_coalition,
-    permutation_shapley,
     shapley_weights,
+    values_by_mask,
 )
+from valuation.utility_table import UtilityTable
 
 # -----------------------------------------------------------------------------
 # games and independent oracles
@@ -248,12 +253,32 @@ def test_csv_round_trip_and_order_insensitive_names(tmp_path):
 
 def test_coalition_names():
     assert parse_coalition(" b+a ") == frozenset({"a", "b"})
-    assert parse_coalition("") == parse_coalition(float("nan")) == frozenset()
-    assert coalition_name(frozenset({"b", "a"})) == "a+b"
+    assert parse_coalition("") == parse_coalition(float("nan")) == parse_coalition(None) == frozenset()
+    assert coalition_name(frozenset({"b", "a"})) == "a+b" and coalition_name(frozenset()) == ""
     with pytest.raises(ValueError, match="empty player name"):
         parse_coalition("a++b")
     with pytest.raises(ValueError, match="repeated player"):
         parse_coalition("a+a")
+
+
+def test_coalitions_their_formulas_and_costs():
+    assert all_coalitions(["b", "a"]) == [frozenset(), {"b"}, {"a"}, {"a", "b"}]  # by size, then players' order
+    assert len(all_coalitions(list("abcd"))) == 16
+    with pytest.raises(ValueError, match="n = 21 > 20"):
+        all_coalitions([f"p{i}" for i in range(21)])
+    assert formula_terms(frozenset()) == [(BASE, 1.0)]
+    assert formula_terms({"b"}) == [("b", 1.0)]  # a singleton is its adapter alone: no base row
+    assert formula_terms({"c", "a", "b"}) == [(BASE, -2.0), ("a", 1.0), ("b", 1.0), ("c", 1.0)]  # sorted
+    assert [decode_rows(c) for c in all_coalitions(list("abc"))] == [1, 1, 1, 1, 3, 3, 3, 4]
+    assert formula(()) == "log π = log π_0" and formula({"a"}) == "log π = log π_a"
+    assert formula({"b", "a"}) == "log π = log π_a + log π_b − log π_0"
+    assert formula({"c", "b", "a"}) == "log π = log π_a + log π_b + log π_c − 2 log π_0"
+
+
+def test_exact_rows_are_bitmasks():
+    """Row `mask` of the exact computation holds the coalition of the players whose bits are set."""
+    rows = values_by_mask(("a", "b", "c"), lambda s: np.array([coalition_name(s)], dtype=object))
+    assert rows[:, 0].tolist() == ["", "a", "b", "a+b", "c", "a+c", "b+c", "a+b+c"]
 
 
 @pytest.mark.parametrize(

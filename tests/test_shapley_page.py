@@ -1,31 +1,40 @@
-"""The Shapley page renders a run's utilities (and says what to do when there are none)."""
+"""The Shapley page shows the library's values for known games, with their intervals and checks, and
+says what to do when there is nothing to show."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from valuation.values import utilities_path
-from valuation.runs import create_run
+from conftest import (APP, GLOVE_SHAPLEY, GLOVES, additive_prompt_frame, glove_frame, labelled, write_sampled_evaluation,
+                      write_utilities)
+from valuation.runs import Run, create_run
+from valuation.values import load_run_utilities, value_sources, with_combined
 
-from test_report import additive_prompt_frame, glove_frame
-
-APP = str(Path(__file__).parents[1] / "app.py")
+SAMPLED = [f"source-{i:02d}" for i in range(13)]  # one more than exact evaluation takes
 
 
-def open_page(runs: Path, monkeypatch: pytest.MonkeyPatch, frame: pd.DataFrame | None) -> AppTest:
-    monkeypatch.setenv("VALUATION_RUNS_DIR", str(runs))
+def demo_run(runs: Path) -> Run:
+    """A run whose harmlessness reward model is near chance: 52% [44%, 60%] on held-out pairs."""
     run = create_run("demo", root=runs)
-    if frame is not None:
-        utilities_path(run).parent.mkdir(parents=True)
-        frame.to_csv(utilities_path(run), index=False)
     (run.path / "rewards" / "harmlessness").mkdir(parents=True)
     (run.path / "rewards" / "harmlessness" / "reward.json").write_text(
         json.dumps({"heldout_accuracy": 0.52, "interval": [0.44, 0.60], "heldout_pairs": 150}))
+    return run
+
+
+def open_page(runs: Path, monkeypatch: pytest.MonkeyPatch, frame: pd.DataFrame | None = None) -> AppTest:
+    """The page on run 'demo', with `frame` as its coalition utilities (made by `demo_run` if missing)."""
+    monkeypatch.setenv("VALUATION_RUNS_DIR", str(runs))
+    run = Run(runs / "demo") if (runs / "demo").exists() else demo_run(runs)
+    if frame is not None:
+        write_utilities(run.path, frame)
     at = AppTest.from_file(APP, default_timeout=30)
     at.session_state["run_name"] = "demo"
     at.run()
@@ -33,50 +42,110 @@ def open_page(runs: Path, monkeypatch: pytest.MonkeyPatch, frame: pd.DataFrame |
     return at.run()
 
 
-def labelled(widgets, label: str):
-    """The one widget whose label starts with `label`."""
-    (widget,) = [w for w in widgets if w.label.startswith(label)]
-    return widget
+def numbers(values) -> np.ndarray:
+    """An array of a chart's JSON: a list, or plotly's typed array {dtype, bdata (base64), shape}."""
+    if not isinstance(values, dict):
+        return np.asarray(values, dtype=float)
+    array = np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return array.reshape([int(k) for k in values["shape"].split(",")]) if "shape" in values else array
 
 
-def plotly_charts(at: AppTest) -> list:
-    return at.get("plotly_chart")
+def traces(at: AppTest, kind: str) -> list[dict]:
+    """The traces of type `kind` (bar, waterfall, heatmap, scatter) of every chart on the page."""
+    charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    return [trace for chart in charts for trace in chart["data"] if trace.get("type", "scatter") == kind]
 
 
-def test_page_shows_values_intervals_and_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def bars(at: AppTest) -> dict[str, dict]:
+    """The value bars, one trace per objective."""
+    return {trace["name"]: trace for trace in traces(at, "bar")}
+
+
+def test_page_shows_the_librarys_values_with_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = open_page(tmp_path, monkeypatch, additive_prompt_frame())
     assert not at.exception
     assert [t.value for t in at.title] == ["Shapley"]
-    # bars, scatter, waterfall, interactions (exact: no convergence plot)
-    assert len(plotly_charts(at)) == 4
-    warnings = " ".join(w.value for w in at.warning)
-    assert "Not distinguishable from no effect" in warnings and "noise on helpfulness" in warnings
-    assert "harmlessness reward model is near chance" in warnings
-    assert any("Efficiency check" in c.value for c in at.caption)
-    assert "combined" in labelled(at.selectbox, "Objective").options
+    # the page combines helpfulness and harmlessness half and half, and bootstraps over prompts
+    table = with_combined(load_run_utilities(tmp_path / "demo"), 0.5, "helpfulness", "harmlessness")
+    expected = value_sources(table).shapley
+    assert expected.lower is not None and list(bars(at)) == list(table.objectives)
+    for k, objective in enumerate(table.objectives):
+        trace = bars(at)[objective]
+        assert trace["x"] == list(expected.players)
+        np.testing.assert_allclose(numbers(trace["y"]), expected.values[:, k])
+        np.testing.assert_allclose(numbers(trace["error_y"]["array"]), expected.upper[:, k] - expected.values[:, k])
+        np.testing.assert_allclose(numbers(trace["error_y"]["arrayminus"]), expected.values[:, k] - expected.lower[:, k])
+
+    # the values no interval tells from zero are named in words: 'noise' (its weights average zero), no other
+    (unclear,) = [w.value for w in at.warning if w.value.startswith("Not distinguishable")]
+    assert all(f"noise on {objective}" in unclear for objective in table.objectives)
+    assert "strong on helpfulness" not in unclear and "weak on helpfulness" not in unclear
+    # a reward model near chance is said so, with its held-out accuracy
+    assert labelled(at.metric, "harmlessness reward model").value == "52.0%"
+    assert "interval [44.0%, 60.0%] on 150 held-out pairs" in [c.value for c in at.caption]
+    assert any("The harmlessness reward model is near chance (its interval includes 50%)" in w.value for w in at.warning)
+
+    # from v(empty), one step per value, to v(N); the efficiency check says the same in numbers
+    (waterfall,) = traces(at, "waterfall")
+    v_empty, v_full = table.value(frozenset(), "helpfulness"), table.value(frozenset(expected.players), "helpfulness")
+    np.testing.assert_allclose(numbers(waterfall["y"]), [v_empty, *expected.values[:, 0], 0])
+    assert (f"Efficiency check: the values sum to {expected.values[:, 0].sum():.4f}; v(N) − v(∅) = {v_full:.4f} − "
+            f"{v_empty:.4f}") in " ".join(c.value for c in at.caption)
+    (interactions,) = traces(at, "heatmap")
+    np.testing.assert_allclose(numbers(interactions["z"]), 0, atol=1e-12)  # an additive game has no synergy
     assert len(at.get("download_button")) == 2
 
     labelled(at.slider, "Weight w").set_value(1.0).run()  # all weight on helpfulness
     assert not at.exception
+    np.testing.assert_allclose(numbers(bars(at)["combined"]["y"]), numbers(bars(at)["helpfulness"]["y"]))
 
     labelled(at.radio, "Method").set_value("Monte Carlo").run()
     assert not at.exception
-    assert len(plotly_charts(at)) == 5  # plus the convergence plot
+    # each order's marginals in an additive game are the values: the estimate is exact
+    np.testing.assert_allclose(numbers(bars(at)["helpfulness"]["y"]), expected.values[:, 0], atol=1e-12)
     assert any("Monte Carlo convergence" in h.value for h in at.subheader)
+    assert "1000 permutations, 8 distinct coalitions; bands are ± one standard error." in [c.value for c in at.caption]
 
 
-def test_page_without_intervals_or_second_objective(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_page_shows_the_glove_game(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = open_page(tmp_path, monkeypatch, glove_frame().drop(columns="harmlessness"))
     assert not at.exception
-    assert any("Only one objective" in c.value for c in at.caption)
+    (trace,) = bars(at).values()
+    assert trace["x"] == list(GLOVES)
+    np.testing.assert_allclose(numbers(trace["y"]), list(GLOVE_SHAPLEY.values()))
     assert any("No intervals" in c.value for c in at.caption)
+    assert any("Only one objective" in c.value for c in at.caption)
+    # Banzhaf: L is pivotal in 3 of the 4 coalitions of the others, each right glove in 1
+    (methods,) = [d.value for d in at.dataframe if "banzhaf" in d.value.columns]
+    np.testing.assert_allclose(methods.banzhaf, [3 / 4, 1 / 4, 1 / 4])
+    np.testing.assert_allclose(methods.shapley, list(GLOVE_SHAPLEY.values()))
+    # the right gloves substitute for each other; the left glove completes either
+    (interactions,) = traces(at, "heatmap")
+    np.testing.assert_allclose(numbers(interactions["z"]), [[0, 1 / 2, 1 / 2], [1 / 2, 0, -1 / 2], [1 / 2, -1 / 2, 0]])
+    assert any(c.value.startswith("Efficiency check: the values sum to 1.0000; v(N) − v(∅) = 1.0000 − 0.0000")
+               for c in at.caption)
+
+
+def test_page_values_a_sampled_evaluation_with_its_permutations_and_seed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    worth = write_sampled_evaluation(demo_run(tmp_path).path, SAMPLED, permutations=10, seed=7)
+    at = open_page(tmp_path, monkeypatch)
+    assert not at.exception and not at.error
+    assert labelled(at.radio, "Method").value == "Monte Carlo"
+    budget = labelled(at.number_input, "Permutations")
+    assert budget.value == 10 and budget.proto.disabled  # fixed: other permutations ask for unevaluated coalitions
+    (trace,) = bars(at).values()
+    np.testing.assert_allclose(numbers(trace["y"]), [worth[s] for s in trace["x"]])
+    evaluated = len(load_run_utilities(tmp_path / "demo").values)
+    assert f"10 permutations, {evaluated} distinct coalitions; bands are ± one standard error." in [
+        c.value for c in at.caption]
 
 
 def test_page_empty_state_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = open_page(tmp_path, monkeypatch, None)
+    at = open_page(tmp_path, monkeypatch)
     assert not at.exception
     assert "Train adapters on the Training page, then evaluate coalitions on the Evaluate page" in at.info[0].value
-    assert not plotly_charts(at)
+    assert not at.get("plotly_chart")
 
 
 def test_page_shows_bad_table_as_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,3 +153,28 @@ def test_page_shows_bad_table_as_error(tmp_path: Path, monkeypatch: pytest.Monke
     at = open_page(tmp_path, monkeypatch, frame[frame.coalition != "L+R1"])
     assert not at.exception
     assert "lacks 1 of the 8 coalitions" in at.error[0].value
+
+
+def test_a_pooled_evaluation_shows_its_target_its_ess_and_its_fallback(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = additive_prompt_frame(n_prompts=4)
+    at = open_page(tmp_path, monkeypatch, frame)
+    folder = tmp_path / "demo" / "evaluation"
+    objectives = [c for c in frame.columns if c not in ("coalition", "prompt")]
+    frame.assign(**{c: frame[c] * 2 for c in objectives}).to_csv(folder / "utilities-sequence.csv", index=False)
+    last = frame.coalition.unique()[-1]
+    rows = [{"coalition": c, "target": t, "estimator": "direct" if (t, c) == ("token", last) else "pooled",
+             "ess_mean": 3.0, "ess_min": 1.5, "below_floor": (t, c) == ("sequence", last)}
+            for t in ("token", "sequence") for c in frame.coalition.unique()]
+    pd.DataFrame(rows).to_csv(folder / "estimation.csv", index=False)
+    at.run()
+    assert not at.exception
+    assert at.radio[0].options == ["pooled, token-level target", "pooled, sequence-level target"]
+    assert "1 coalition(s) were sampled directly" in " ".join(w.value for w in at.warning)
+    token = bars(at)
+    at.radio[0].set_value("sequence").run()
+    assert not at.exception and "utilities-sequence.csv" in " ".join(c.value for c in at.caption)
+    assert "cannot be sampled directly" in " ".join(w.value for w in at.warning)
+    sequence = bars(at)  # the sequence table doubles every utility, so every value doubles
+    for objective in objectives:
+        assert np.allclose(numbers(sequence[objective]["y"]), 2 * numbers(token[objective]["y"]))

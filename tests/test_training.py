@@ -13,10 +13,11 @@ import pytest
 from valuation import cli
 from valuation.adapters import AdapterError, adapter_dir, check_compatible, load_adapters, trained_sources
 from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
-from valuation.jobs import job_status, read_job, wait_for_job
+from valuation.background import job_status, read_job, wait_for_job
+from valuation.jobs import command, job_config, launch
 from valuation.runs import Run, create_run
-from valuation.training import (PRESETS, TrainConfig, launch_training, preset_config, select_pairs, source_progress,
-                                source_seed, train_argv, training_curves)
+from valuation.sources import record_sources
+from valuation.training import PRESETS, TrainConfig, select_pairs, source_progress, source_seed, training_curves
 
 SOURCES = ["harmless-base", "helpful-base"]
 # Seconds per source on the tiny model: two or three optimiser steps on short sequences.
@@ -25,19 +26,27 @@ TINY = {"max_pairs": 4, "batch_size": 2, "max_length": 64, "max_prompt_length": 
 
 @pytest.fixture
 def run(runs_dir: Path) -> Run:
-    return create_run("train", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)), root=runs_dir)
+    run = create_run("train", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)), root=runs_dir)
+    record_sources(run, run.load_config().data)
+    return run
+
+
+def tiny(**overrides) -> TrainConfig:
+    return job_config("train", **{**TINY, **overrides})
 
 
 def test_presets_overrides_and_validation() -> None:
-    quick = preset_config("quick")
+    quick = job_config("train")
     assert (quick.beta, quick.lora_r, quick.lora_alpha) == (0.1, 8, 16)
     assert quick.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert preset_config("paper").max_pairs == 0  # whole sources
-    assert preset_config("quick", epochs=2, max_pairs=10).epochs == 2.0
+    assert job_config("train", "paper").max_pairs == 0  # whole sources
+    assert job_config("train", epochs=2, max_pairs=10).epochs == 2.0
     with pytest.raises(ConfigError, match="max_prompt_length"):
-        preset_config("quick", max_length=64, max_prompt_length=64)
+        job_config("train", max_length=64, max_prompt_length=64)
     with pytest.raises(ConfigError, match="preset"):
-        preset_config("huge")
+        job_config("train", "huge")
+    with pytest.raises(ConfigError, match="expected int"):  # overrides are type-checked
+        job_config("train", max_pairs="many")
 
 
 def test_seed_depends_on_run_seed_and_name_only() -> None:
@@ -45,14 +54,16 @@ def test_seed_depends_on_run_seed_and_name_only() -> None:
     assert len({source_seed(0, "a"), source_seed(0, "b"), source_seed(1, "a")}) == 3
 
 
-def test_argv_round_trips_through_the_command_line() -> None:
-    overrides = {"max_pairs": 7, "learning_rate": 1e-3, "precompute_ref": False, "lora_targets": ["q_proj", "v_proj"]}
-    argv = train_argv(Run(Path("runs/x")), "paper", ["a", "b"], overrides, retrain=True)
+def test_a_config_round_trips_through_the_command_line() -> None:
+    from valuation.flags import overrides_from
+
+    config = job_config("train", "paper", max_pairs=7, learning_rate=1e-3, precompute_ref=False,
+                        lora_targets=["q_proj", "v_proj"], sources=["a", "b"], retrain=True)
+    argv = command(Run(Path("runs/x")), "train", config)
+    assert argv[:5] == ["train", "--run", "runs/x", "--preset", "paper"]  # then the flags that differ from it
     args = cli.build_parser().parse_args(argv)
-    assert (args.preset, args.sources, args.retrain) == ("paper", ["a", "b"], True)
-    parsed = {name: getattr(args, name) for name in overrides}
-    assert parsed == overrides
-    assert args.epochs is None  # not overridden: the preset's value applies
+    assert job_config("train", args.preset, **overrides_from(args, TrainConfig)) == config
+    assert args.beta is None  # not different: the preset's value applies
 
 
 def test_select_pairs_caps_and_counts_dropped() -> None:
@@ -69,7 +80,7 @@ def test_select_pairs_caps_and_counts_dropped() -> None:
 
 
 def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
-    launch_training(run, "quick", [], TINY)
+    launch(run, "train", tiny())
     assert job_status(run).state in ("queued", "running")
     status = wait_for_job(run, timeout_s=300)
     assert status.state == "done", status.log_tail
@@ -78,7 +89,7 @@ def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     progress = source_progress(status.events)
     assert [(p.source, p.state, p.fraction) for p in progress] == [(s, "done", 1.0) for s in SOURCES]
     steps = [e for e in status.events if e["event"] == "step"]
-    assert {"loss", "accuracy", "margin", "eta", "elapsed", "total"} <= set(steps[0])
+    assert {"stage", "done", "total", "loss", "accuracy", "margin", "eta"} <= set(steps[0])
     assert set(training_curves(run, status.events).source) == set(SOURCES)
 
     record = json.loads((adapter_dir(run, "helpful-base") / "training.json").read_text())
@@ -86,17 +97,18 @@ def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     assert record["seed"] == source_seed(0, "helpful-base")
     assert record["pairs_used"] == 4 and record["pairs_dropped_by_length"] >= 0
     assert record["settings"]["max_length"] == 64 and record["history"]
+    assert "sources" not in record["settings"] and "base_model_path" not in record  # no machine path in a run
     assert not list(adapter_dir(run, "helpful-base").glob("*.bin"))
 
     from valuation.models import load_model
 
     model = load_adapters(load_model(ModelConfig(name="tiny")), run)
     assert sorted(model.peft_config) == SOURCES and not model.training
-    assert read_job(run).argv[:3] == ["train", "--run", str(run.path)]
+    assert read_job(run).argv[:3] == ["train", "--run", str(run.path)]  # outside the project: absolute
 
 
 def test_a_killed_job_leaves_no_adapter_and_a_relaunch_completes_it(run: Run) -> None:
-    job = launch_training(run, "quick", [], {**TINY, "max_pairs": 6})  # three steps a source
+    job = launch(run, "train", tiny(max_pairs=6))  # three steps a source
     deadline = time.monotonic() + 300
     while not any(e["event"] == "step" for e in job_status(run).events):
         assert time.monotonic() < deadline and job_status(run).active
@@ -113,7 +125,7 @@ def test_a_killed_job_leaves_no_adapter_and_a_relaunch_completes_it(run: Run) ->
     assert trained_sources(run) in ([], ["helpful-base"])
 
     # The relaunch (here from the command line) trains what is missing and cleans the leftovers.
-    argv = train_argv(run, "quick", [], {**TINY, "max_pairs": 6})
+    argv = command(run, "train", tiny(max_pairs=6))
     assert cli.main(argv) == 0
     assert trained_sources(run) == SOURCES and not leftover.exists()
     assert job_status(run).state == "done"
@@ -121,7 +133,7 @@ def test_a_killed_job_leaves_no_adapter_and_a_relaunch_completes_it(run: Run) ->
     # Nothing left to do: a second relaunch skips both; other settings are refused, not mixed in.
     assert cli.main(argv) == 0
     assert [p.state for p in source_progress(job_status(run).events)] == ["skipped", "skipped"]
-    assert cli.main(train_argv(run, "quick", [], {**TINY, "max_pairs": 6, "max_length": 80})) == 2
+    assert cli.main(command(run, "train", tiny(max_pairs=6, max_length=80))) == 2
     assert "other settings" in job_status(run).error
 
 

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import APP
 from valuation.adapters import adapter_dir
 from valuation.config import DataConfig, ModelConfig, RunConfig
-from valuation.jobs import job_session, job_status
+from valuation.background import job_session, job_status
 from valuation.runs import create_run
 
 SOURCES = ["harmless-base", "helpful-base"]
@@ -42,13 +42,13 @@ def test_a_fresh_run_offers_to_train_every_source(runs_dir) -> None:
 
 def test_a_running_job_shows_progress_and_locks_the_launch(runs_dir) -> None:
     run = create_run("busy", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)))
-    with job_session(run, "train") as session:  # this process plays the training job
-        session.progress.emit("job_start", sources=SOURCES, todo=SOURCES)
-        session.progress.emit("source_start", source="harmless-base")
+    with job_session(run, "train") as reporter:  # this process plays the training job
+        reporter.event("job_start", sources=SOURCES, todo=SOURCES)
+        reporter.event("source_start", source="harmless-base")
         for step in (1, 2):
-            session.progress.emit("step", source="harmless-base", step=step, total=4, loss=0.69 - step / 100,
+            reporter.event("step", stage="harmless-base", done=step, total=4, loss=0.69 - step / 100,
                                   accuracy=0.5, margin=step / 10, elapsed=step, eta=4 - step)
-        session.log("harmless-base: step 2/4")
+        reporter.log("harmless-base: step 2/4")
         at = open_page("busy")
         assert not at.exception
         assert launch_button(at).disabled

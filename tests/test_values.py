@@ -4,69 +4,33 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import GLOVE_SHAPLEY, additive_prompt_frame, glove_frame, write_sampled_evaluation, write_utilities
 from valuation.cli import main
 from valuation.errors import UserError
 from valuation.values import (
     UtilityError,
     ValuationConfig,
+    evaluation_settings_path,
     format_table,
     load_run_utilities,
     load_utilities,
-    reward_accuracies,
+    run_valuation_config,
     utilities_path,
     value_sources,
     with_combined,
 )
-from valuation.shapley import coalition_name
 
-GLOVES = ("L", "R1", "R2")  # one left glove, two right gloves: v(S) = pairs of gloves in S
-GLOVE_SHAPLEY = {"L": 2 / 3, "R1": 1 / 6, "R2": 1 / 6}
-
-
-def all_coalitions(players: tuple[str, ...]) -> list[tuple[str, ...]]:
-    return [c for size in range(len(players) + 1) for c in combinations(players, size)]
-
-
-def glove_frame() -> pd.DataFrame:
-    """helpfulness is the glove game, harmlessness twice it."""
-    rows = []
-    for c in all_coalitions(GLOVES):
-        left = int("L" in c)
-        pairs = min(left, len(c) - left)
-        rows.append({"coalition": coalition_name(c), "helpfulness": pairs, "harmlessness": 2 * pairs})
-    return pd.DataFrame(rows)
-
-
-def additive_prompt_frame(n_prompts: int = 30, seed: int = 0) -> pd.DataFrame:
-    """An additive game per prompt: v_p(S) = sum_{i in S} w_ip, so phi_i = mean_p w_ip exactly.
-
-    'strong' adds about 1 to helpfulness, 'noise' averages zero (its interval should span zero).
-    """
-    rng = np.random.default_rng(seed)
-    players = ("strong", "weak", "noise")
-    centre = {"strong": (1.0, -0.5), "weak": (0.3, 0.2), "noise": (0.0, 0.0)}
-    weight = {p: np.array(centre[p])[:, None] + rng.normal(0, 0.3, (2, n_prompts)) for p in players}
-    weight["noise"] -= weight["noise"].mean(1, keepdims=True)  # exactly zero mean
-    rows = []
-    for c in all_coalitions(players):
-        u = sum((weight[p] for p in c), np.zeros((2, n_prompts)))
-        rows += [{"coalition": coalition_name(c), "prompt": f"p{k}", "helpfulness": u[0, k], "harmlessness": u[1, k]}
-                 for k in range(n_prompts)]
-    return pd.DataFrame(rows)
+SAMPLED = [f"source-{i:02d}" for i in range(13)]  # one more than exact evaluation takes
 
 
 def write_run(tmp_path: Path, frame: pd.DataFrame, name: str = "r") -> Path:
-    run = tmp_path / name
-    utilities_path(run).parent.mkdir(parents=True)
-    frame.to_csv(utilities_path(run), index=False)
-    return run
+    return write_utilities(tmp_path / name, frame)
 
 
 def test_glove_game_values(tmp_path: Path) -> None:
@@ -126,6 +90,34 @@ def test_missing_coalition_is_a_clear_user_error(tmp_path: Path) -> None:
         value_sources(table, ValuationConfig(method="permutation", permutations=200))
 
 
+def test_a_sampled_evaluation_is_valued_with_its_own_permutations_and_seed(tmp_path: Path) -> None:
+    run = tmp_path / "sampled"
+    worth = write_sampled_evaluation(run, SAMPLED, permutations=10, seed=7)
+    table = load_run_utilities(run)
+    assert len(table.values) < 2 ** 13 // 10  # only the coalitions the permutation sample visits
+    config = run_valuation_config(run)
+    assert (config.method, config.permutations, config.seed) == ("auto", 10, 7)
+    valuation = value_sources(table, config)
+    assert valuation.shapley.values[:, 0] == pytest.approx([worth[s] for s in valuation.players])
+    assert valuation.shapley.convergence.n_evaluations == len(table.values)  # it asked for every one, no other
+    # the defaults' 1000 permutations from seed 0 ask for coalitions that were never evaluated; so does the seed alone
+    for other in (ValuationConfig(), ValuationConfig(permutations=10)):
+        with pytest.raises(UtilityError, match="no row for coalition"):
+            value_sources(table, other)
+
+
+def test_run_valuation_config_without_or_with_broken_settings(tmp_path: Path) -> None:
+    assert run_valuation_config(tmp_path / "never-evaluated") == ValuationConfig()
+    path = evaluation_settings_path(tmp_path / "r")
+    path.parent.mkdir(parents=True)
+    path.write_text("{")
+    with pytest.raises(UtilityError, match=re.escape(str(path))):
+        run_valuation_config(tmp_path / "r")
+    path.write_text(json.dumps({"method": "permutation", "permutations": "many", "prompts": 16}))
+    with pytest.raises(UserError, match="permutations: expected int, got 'many'"):
+        run_valuation_config(tmp_path / "r")
+
+
 @pytest.mark.parametrize("text, message", [
     ("coalition,helpfulness\n,0\na,oops\n", "non-numeric value 'oops' in objective column 'helpfulness'"),
     ("team,helpfulness\n,0\n", "needs a 'coalition' column"),
@@ -143,21 +135,6 @@ def test_bad_csv_is_a_user_error_naming_the_file(tmp_path: Path, text: str, mess
 def test_run_without_utilities_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(UtilityError, match="has no coalition utilities yet"):
         load_run_utilities(tmp_path / "empty-run")
-
-
-def test_reward_accuracies_flag_near_chance_and_tolerate_gaps(tmp_path: Path) -> None:
-    rewards = tmp_path / "rewards"
-    for objective, info in {"helpfulness": {"heldout_accuracy": 0.7, "interval": [0.62, 0.78], "heldout_pairs": 120},
-                            "harmlessness": {"heldout_accuracy": 0.53, "interval": [0.45, 0.61]},
-                            "broken": "not json"}.items():
-        (rewards / objective).mkdir(parents=True)
-        (rewards / objective / "reward.json").write_text(json.dumps(info) if isinstance(info, dict) else info)
-    (rewards / "unfinished").mkdir()
-    frame = reward_accuracies(tmp_path).set_index("objective")
-    assert list(frame.index) == ["harmlessness", "helpfulness"]
-    assert frame.near_chance.to_dict() == {"harmlessness": True, "helpfulness": False}
-    assert np.isnan(frame.loc["harmlessness", "pairs"])
-    assert reward_accuracies(tmp_path / "nothing").empty
 
 
 def test_cli_table_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,6 +160,17 @@ def test_cli_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert strong["lower"] < strong["value"] < strong["upper"]
     assert abs(result["efficiency"]["harmlessness"]["gap"]) < 1e-12
     assert set(result["banzhaf"]["helpfulness"]) == {"strong", "weak", "noise"}
+
+
+def test_cli_values_a_run_with_its_evaluation_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "sampled"
+    write_sampled_evaluation(run, SAMPLED, permutations=10, seed=7)
+    assert main(["shapley", "--run", str(run), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "permutation shapley (antithetic)"
+    assert result["shapley"]["quality"]["source-12"]["value"] == pytest.approx(13)
+    assert main(["shapley", "--run", str(run), "--seed", "0"]) == 2  # a flag still overrides the run's setting
+    assert "no row for coalition" in capsys.readouterr().err
 
 
 def test_cli_bad_input_prints_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

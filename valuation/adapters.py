@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .coalitions import BASE
 from .errors import UserError
 from .runs import Run
 from .storage import atomic_dir, atomic_write_json
@@ -26,26 +27,26 @@ from .storage import atomic_dir, atomic_write_json
 RECORD_FILE = "training.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
-BASE_ADAPTER = "__base__"  # the name the engine uses for the base model in a mixed batch
 
 
 class AdapterError(UserError):
     """Adapters that are missing or cannot be combined; the message says why."""
 
 
-def adapters_dir(run: Run) -> Path:
-    return run.path / "adapters"
+def adapters_dir(run: Run | Path) -> Path:
+    """A run's adapters; a plain folder is a folder of adapters in the same layout (validation's own)."""
+    return run if isinstance(run, Path) else run.path / "adapters"
 
 
-def adapter_dir(run: Run, source: str) -> Path:
+def adapter_dir(run: Run | Path, source: str) -> Path:
     return adapters_dir(run) / source
 
 
 def check_adapter_name(source: str) -> str:
     """PEFT keeps adapters in module dicts: a '.' in a name breaks them, and one name is reserved."""
-    if not source or "." in source or source == BASE_ADAPTER:
+    if not source or "." in source or source == BASE:
         raise AdapterError(f"Source name {source!r} cannot name an adapter: it must be non-empty, without '.', "
-                           f"and not {BASE_ADAPTER!r}. Rename the source in the data.")
+                           f"and not {BASE!r}. Rename the source in the data.")
     return source
 
 
@@ -53,7 +54,7 @@ def is_complete(folder: Path) -> bool:
     return not folder.name.startswith(".") and all((folder / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, RECORD_FILE))
 
 
-def trained_sources(run: Run) -> list[str]:
+def trained_sources(run: Run | Path) -> list[str]:
     """Sources with a finished adapter in the run, sorted."""
     folder = adapters_dir(run)
     if not folder.is_dir():
@@ -72,11 +73,14 @@ def read_record(run: Run, source: str) -> dict[str, Any]:
         raise AdapterError(f"{path} is corrupt: retrain source {source!r} (train --retrain --sources {source}).") from None
 
 
-def save_adapter(model: Any, run: Run, source: str, record: dict[str, Any]) -> Path:
+def save_adapter(model: Any, run: Run | Path, source: str, record: dict[str, Any]) -> Path:
     """Write a PEFT model's active adapter and its record; the directory appears only when complete."""
     target = adapter_dir(run, check_adapter_name(source))
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        # PEFT records the base model's path on this machine; a run names its base by id instead.
+        config = json.loads((tmp / CONFIG_FILE).read_text(encoding="utf-8"))
+        atomic_write_json(tmp / CONFIG_FILE, {**config, "base_model_name_or_path": record.get("base_model")})
         atomic_write_json(tmp / RECORD_FILE, record)
     return target
 
@@ -108,7 +112,7 @@ def check_compatible(records: dict[str, dict[str, Any]], base_model: str | None 
         )
 
 
-def load_adapters(loaded: Any, run: Run, sources: list[str] | None = None) -> Any:
+def load_adapters(loaded: Any, run: Run | Path, sources: list[str] | None = None) -> Any:
     """One PeftModel on `loaded.model` with one adapter per source, named by the source, in eval mode.
 
     `loaded` is a `models.LoadedModel`; its model is wrapped in place (one base in memory) and
@@ -119,10 +123,10 @@ def load_adapters(loaded: Any, run: Run, sources: list[str] | None = None) -> An
     trained = trained_sources(run)
     sources = list(sources) if sources is not None else trained
     if not sources:
-        raise AdapterError(f"Run {run.name!r} has no trained adapters yet: train the sources first.")
+        raise AdapterError(f"{adapters_dir(run)} holds no trained adapters yet: train the sources first.")
     missing = [s for s in sources if s not in trained]
     if missing:
-        raise AdapterError(f"No trained adapter for {missing} in run {run.name!r} (trained: {trained or 'none'}).")
+        raise AdapterError(f"No trained adapter for {missing} in {adapters_dir(run)} (trained: {trained or 'none'}).")
     check_compatible({s: read_record(run, s) for s in sources}, loaded.name)
     first, *rest = [check_adapter_name(s) for s in sources]
     # The saved config names the base by an absolute path; the base given here is used instead.

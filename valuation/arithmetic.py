@@ -1,4 +1,4 @@
-"""Coalition models by language-model arithmetic: a sampler and a teacher-forced scorer.
+"""Coalition models by language-model arithmetic: the sampler (the scorer is in scoring.py).
 
 A coalition S of data sources is never trained. Its next-token distribution is built from the base
 pi_0 and the sources' adapters pi_l, all in one PeftModel:
@@ -14,9 +14,6 @@ float32, samples one token and appends it to all of its rows. Each group has its
 generator seeded from (seed, prompt index, sample index) and never from the coalition: every
 coalition sees the same random numbers (common random numbers), whatever else shares the batch.
 
-Scoring runs each model once over fixed (prompt, response) pairs and gets the exact log pi_S(y|x) of
-every coalition by the same arithmetic, token by token.
-
 The model is shared by every caller in the process and PEFT's mixed batches hang temporary hooks on
 it, so each forward pass holds `MODEL_LOCK`; concurrent generations interleave step by step.
 """
@@ -25,22 +22,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .coalitions import Coalition, decode_rows, formula_terms
 from .config import helped
 from .errors import UserError
-from .models import chat_prompt
+from .models import prompt_ids
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch: the base model pi_0
 MODEL_LOCK = threading.Lock()  # held for every forward pass and every change to the adapters
 
-Coalition = tuple[str, ...]
 Messages = list[dict[str, str]]
 
 
@@ -101,49 +96,27 @@ class StepUpdate:
 
 
 # -----------------------------------------------------------------------------
-# coalitions and their formulas
+# coalitions and their requests
 
 
-def all_coalitions(sources: Sequence[str]) -> list[Coalition]:
-    """Every subset of `sources`, by size, members in the order of `sources`."""
-    return [c for size in range(len(sources) + 1) for c in combinations(sources, size)]
-
-
-def formula_terms(coalition: Coalition) -> list[tuple[str, float]]:
-    """(model, coefficient) pairs of log pi_S; the base drops out of a singleton (coefficient 0)."""
-    if len(coalition) == 0:
-        return [(BASE, 1.0)]
-    if len(coalition) == 1:
-        return [(coalition[0], 1.0)]
-    return [(BASE, 1.0 - len(coalition))] + [(member, 1.0) for member in coalition]
-
-
-def formula(coalition: Coalition) -> str:
-    """'log π = log π_a + log π_b − log π_0' (the renormaliser log Z left implicit)."""
-    if not coalition:
-        return "log π = log π_0"
-    members = " + ".join(f"log π_{member}" for member in coalition)
-    base = len(coalition) - 1
-    return f"log π = {members}" + ("" if base == 0 else " − log π_0" if base == 1 else f" − {base} log π_0")
-
-
-def coalition_requests(prompts: Sequence[Messages], coalitions: Sequence[Coalition],
+def coalition_requests(prompts: Sequence[Messages], coalitions: Sequence[Iterable[str]],
                         samples: int = 1) -> list[GenerationRequest]:
     """The evaluation grid: every coalition answers every prompt `samples` times."""
     return [
-        GenerationRequest(tuple(coalition), list(messages), prompt_index, sample_index)
+        GenerationRequest(frozenset(coalition), list(messages), prompt_index, sample_index)
         for prompt_index, messages in enumerate(prompts)
         for sample_index in range(samples)
         for coalition in coalitions
     ]
 
 
-def check_coalitions(model: torch.nn.Module, coalitions: Iterable[Coalition]) -> None:
+def check_coalitions(model: torch.nn.Module, coalitions: Iterable[Collection[str]]) -> None:
+    """Every member names an adapter on the model, once (a list of names could repeat one)."""
     adapters = set(getattr(model, "peft_config", {}))
     for coalition in coalitions:
         if len(set(coalition)) < len(coalition):
-            raise SamplingError(f"coalition {coalition} names a source twice.")
-        unknown = [name for name in coalition if name not in adapters]
+            raise SamplingError(f"coalition {list(coalition)} names a source twice.")
+        unknown = sorted(name for name in coalition if name not in adapters)
         if unknown:
             known = ", ".join(sorted(adapters)) or "none (train adapters first)"
             raise SamplingError(f"no adapter named {', '.join(unknown)} on the model; adapters: {known}.")
@@ -175,11 +148,6 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences])
     # Under left padding positions count real tokens only; the model's default would shift them.
     return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
-    # The chat template already holds the special tokens it needs.
-    return tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False).input_ids
 
 
 def stop_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -284,7 +252,7 @@ def row_chunks(requests: Sequence[GenerationRequest], max_rows: int) -> list[lis
     chunks: list[list[int]] = []
     rows = 0
     for index, request in enumerate(requests):
-        need = len(formula_terms(request.coalition))
+        need = decode_rows(request.coalition)
         if not chunks or rows + need > max_rows:
             chunks.append([])
             rows = 0
@@ -369,61 +337,3 @@ def new_text(text: str, emitted: str) -> tuple[str, str]:
         return "", emitted
     return text[len(emitted):], text
 
-
-# -----------------------------------------------------------------------------
-# teacher-forced scoring
-
-
-def score_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                     pairs: Sequence[tuple[Messages, str | Sequence[int]]], coalitions: Sequence[Coalition],
-                     max_batch_rows: int = 16) -> dict[Coalition, np.ndarray]:
-    """Exact log pi_S(response | prompt) for every coalition and pair, from one pass per model.
-
-    Each pair is run once through every model its coalitions need (base and adapters, one mixed
-    batch); each coalition's per-token log pi_S is the renormalised combination of those
-    log-softmaxes, summed over the response tokens. A response is text or token ids.
-    """
-    coalitions = [tuple(c) for c in coalitions]
-    check_coalitions(model, coalitions)
-    models = list(dict.fromkeys(adapter for c in coalitions for adapter, _ in formula_terms(c)))
-    # coefficients[c, m]: weight of model m's log-probs in coalition c's formula
-    coefficients = torch.zeros(len(coalitions), len(models))
-    for c, coalition in enumerate(coalitions):
-        for adapter, coef in formula_terms(coalition):
-            coefficients[c, models.index(adapter)] = coef
-
-    encoded = [(prompt_ids(tokenizer, messages), response_ids(tokenizer, response)) for messages, response in pairs]
-    scores = np.zeros((len(coalitions), len(pairs)))
-    per_batch = max(1, max_batch_rows // len(models))
-    for first in range(0, len(pairs), per_batch):
-        batch = encoded[first:first + per_batch]
-        sequences = [prompt + response for prompt, response in batch for _ in models]
-        input_ids, mask, positions = left_pad(sequences, tokenizer.pad_token_id)
-        width = max(len(response) for _, response in batch)
-        # Left padding puts every response at the end: the last width+1 positions predict them all.
-        log_probs, _ = forward_log_probs(model, input_ids, mask, positions, models * len(batch), keep=width + 1)
-        log_probs = log_probs[:, :-1].view(len(batch), len(models), width, -1)
-        for b, (_, response) in enumerate(batch):
-            scores[:, first + b] = coalition_log_likelihoods(log_probs[b, :, width - len(response):], response,
-                                                             coefficients.to(log_probs.device))
-    return {coalition: scores[c] for c, coalition in enumerate(coalitions)}
-
-
-def response_ids(tokenizer: PreTrainedTokenizerBase, response: str | Sequence[int]) -> list[int]:
-    return tokenizer(response, add_special_tokens=False).input_ids if isinstance(response, str) else list(response)
-
-
-def coalition_log_likelihoods(log_probs: torch.Tensor, response: Sequence[int], coefficients: torch.Tensor,
-                              max_floats: int = 2**25) -> np.ndarray:
-    """sum_t log pi_S(y_t | y<t) for every coalition (row of `coefficients`), from models' [m, t, vocab] log-probs."""
-    models, length, vocab = log_probs.shape
-    flat = log_probs.reshape(models, -1)
-    targets = torch.tensor(response, device=log_probs.device)
-    block = max(1, max_floats // max(1, length * vocab))  # coalitions combined at once, within a memory bound
-    out = []
-    for first in range(0, len(coefficients), block):
-        # Unnormalised log pi_S per token, then minus log Z_t, read at the response tokens.
-        combined = (coefficients[first:first + block] @ flat).view(-1, length, vocab)
-        picked = combined[:, torch.arange(length, device=combined.device), targets] - combined.logsumexp(-1)
-        out.append(picked.sum(-1).double())
-    return torch.cat(out).cpu().numpy()

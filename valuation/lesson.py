@@ -8,7 +8,7 @@ For one objective at a time it gives:
 - a walkthrough of one order: the sources join one by one, each adding its marginal contribution;
   averaged over all n! orders these are the Shapley values;
 - the Shapley formula with the game's numbers substituted, term by term;
-- the axioms (efficiency, symmetry, dummy, additivity) checked on any values;
+- (in `axioms.py`) the axioms, efficiency, symmetry, dummy and additivity, checked on any values;
 - a Monte Carlo simulation (permutation sampling) beside the exact values;
 - what language-model arithmetic saves: n fine-tunings instead of 2^n.
 
@@ -20,22 +20,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from itertools import combinations, permutations
+from itertools import permutations
 from math import factorial
 
 import numpy as np
 import pandas as pd
 
+from .coalitions import BASE, Coalition, all_coalitions, coalition_name, decode_rows, formula_terms
 from .errors import UserError
-from .values import load_run_utilities
+from .monte_carlo import permutation_shapley
 from .runs import Run
-from .shapley import (
-    Coalition,
-    UtilityTable,
-    coalition_name,
-    exact_shapley,
-    permutation_shapley,
-)
+from .shapley import exact_shapley
+from .utility_table import UtilityTable
+from .values import load_run_utilities
 
 EXAMPLE_GAME = "example game"
 MAX_LESSON_PLAYERS = 10  # the lattice has 2^n nodes and n 2^(n-1) edges
@@ -70,7 +67,7 @@ def example_game() -> UtilityTable:
     """
     rows = []
     players = ("forum", "manuals", "refusals", "small-talk")
-    for s in coalitions_by_size(players):
+    for s in all_coalitions(players):
         helpful_data = "forum" in s or "manuals" in s
         refusals = "refusals" in s
         helpfulness = (0.40 + 0.30 * helpful_data + 0.10 * ("forum" in s and "manuals" in s)
@@ -105,11 +102,6 @@ def lesson_game(run: Run | None) -> LessonGame:
 # coalitions
 
 
-def coalitions_by_size(players: Sequence[str]) -> list[Coalition]:
-    """All 2^n coalitions, smallest first, in the players' order within a size."""
-    return [frozenset(c) for size in range(len(players) + 1) for c in combinations(players, size)]
-
-
 def coalition_label(coalition: Coalition, players: Sequence[str]) -> str:
     """'∅' or '{a, b}' with the names in the players' order."""
     return "{" + ", ".join(p for p in players if p in coalition) + "}" if coalition else "∅"
@@ -139,7 +131,7 @@ class Lattice:
 def lattice(table: UtilityTable, objective: str) -> Lattice:
     """Nodes in rows by size (y = |S|), spread evenly across x in [-0.5, 0.5] within a row."""
     players, v = table.players, utility(table, objective)
-    coalitions = coalitions_by_size(players)
+    coalitions = all_coalitions(players)
     sizes = pd.Series([len(c) for c in coalitions])
     rank, count = sizes.groupby(sizes).cumcount(), sizes.map(sizes.value_counts())
     nodes = pd.DataFrame({"coalition": [coalition_name(c) for c in coalitions],
@@ -215,13 +207,13 @@ def shapley_weight(size: int, n: int) -> Fraction:
     return Fraction(factorial(size) * factorial(n - size - 1), factorial(n))
 
 
-def formula_terms(table: UtilityTable, player: str, objective: str) -> pd.DataFrame:
+def shapley_terms(table: UtilityTable, player: str, objective: str) -> pd.DataFrame:
     """One row per coalition S of the others: coalition, size, weight, weight_text, v_without = v(S),
     v_with = v(S + i), marginal, product (= weight * marginal). The products sum to phi_i."""
     players, v = table.players, utility(table, objective)
     others = [p for p in players if p != player]
     rows = []
-    for s in coalitions_by_size(others):
+    for s in all_coalitions(others):
         weight = shapley_weight(len(s), len(players))
         marginal = v(s | {player}) - v(s)
         rows.append({"coalition": coalition_label(s, players), "size": len(s), "weight": float(weight),
@@ -255,7 +247,7 @@ def formula_latex(table: UtilityTable, player: str, objective: str) -> str:
 
     Beyond MAX_FORMULA_TERMS terms, the same sum grouped by size: phi_i = (1/n) sum_s (mean marginal at size s).
     """
-    terms = formula_terms(table, player, objective)
+    terms = shapley_terms(table, player, objective)
     n, phi = len(table.players), terms["product"].sum()
     name = tex_text(player)
     lines = [rf"\phi_{{{name}}} &= \sum_{{S \subseteq N \setminus \{{{name}\}}}} "
@@ -271,90 +263,6 @@ def formula_latex(table: UtilityTable, player: str, objective: str) -> str:
                      r"\quad\text{(mean marginal contribution at each size } |S| = 0, \dots, n-1)")
     lines.append(rf"&= {number(phi)}")
     return r"\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}"
-
-
-# -----------------------------------------------------------------------------
-# the axioms, checked on given values
-
-
-@dataclass(frozen=True)
-class AxiomCheck:
-    axiom: str  # efficiency, symmetry, dummy, additivity
-    passed: bool | None  # None: the game gives the axiom nothing to check
-    detail: str  # what was compared, with the numbers
-
-
-def _tolerance(table: UtilityTable) -> float:
-    scale = max(1.0, max(float(np.abs(u).max()) for u in table.values.values()))
-    return 1e-9 * scale
-
-
-def _marginals(table: UtilityTable, player: str, objective: str) -> np.ndarray:
-    """v(S + i) - v(S) for every S of the others."""
-    return formula_terms(table, player, objective).marginal.to_numpy()
-
-
-def symmetric_pairs(table: UtilityTable, objective: str) -> list[tuple[str, str]]:
-    """Pairs i, j with v(S + i) = v(S + j) for every S holding neither: interchangeable sources."""
-    v, tolerance = utility(table, objective), _tolerance(table)
-    return [(i, j) for i, j in combinations(table.players, 2)
-            if all(abs(v(s | {i}) - v(s | {j})) <= tolerance
-                   for s in coalitions_by_size([p for p in table.players if p not in (i, j)]))]
-
-
-def dummies(table: UtilityTable, objective: str) -> dict[str, float]:
-    """Sources whose marginal contribution is the same c for every coalition: {source: c} (c = 0: a null player)."""
-    tolerance, out = _tolerance(table), {}
-    for player in table.players:
-        marginals = _marginals(table, player, objective)
-        if np.ptp(marginals) <= tolerance:
-            out[player] = float(marginals[0])
-    return out
-
-
-def check_axioms(table: UtilityTable, values: np.ndarray, objective: str,
-                 tolerance: float | None = None) -> list[AxiomCheck]:
-    """Efficiency, symmetry, dummy and additivity, checked on `values` [n, m] (one column per objective).
-
-    Exact Shapley values pass all four; a Monte Carlo estimate passes efficiency and dummy exactly
-    (each order does) but symmetry and additivity only up to its sampling error.
-    """
-    tolerance = _tolerance(table) if tolerance is None else tolerance
-    players, k = table.players, table.objectives.index(objective)
-    phi = dict(zip(players, values[:, k]))
-    v = utility(table, objective)
-    checks = []
-
-    total, spread = v(frozenset(players)) - v(frozenset()), float(values[:, k].sum())
-    checks.append(AxiomCheck("efficiency", abs(spread - total) <= tolerance,
-                             f"the values sum to {number(spread)}; v(N) − v(∅) = {number(v(frozenset(players)))} − "
-                             f"{number(v(frozenset()))} = {number(total)} (gap {spread - total:.1e})"))
-
-    pairs = symmetric_pairs(table, objective)
-    checks.append(AxiomCheck(
-        "symmetry", all(abs(phi[i] - phi[j]) <= tolerance for i, j in pairs) if pairs else None,
-        "; ".join(f"{i} and {j} add the same to every coalition: {number(phi[i])} vs {number(phi[j])}" for i, j in pairs)
-        or "no two sources add the same to every coalition, so symmetry asks nothing of this game"))
-
-    found = dummies(table, objective)
-    checks.append(AxiomCheck(
-        "dummy", all(abs(phi[p] - c) <= tolerance for p, c in found.items()) if found else None,
-        "; ".join(f"{p} always adds {number(c)}" + (" (a null player)" if abs(c) <= tolerance else "")
-                  + f" and gets {number(phi[p])}" for p, c in found.items())
-        or "no source adds the same amount to every coalition, so the dummy axiom asks nothing of this game"))
-
-    others = [o for o in table.objectives if o != objective]
-    if not others:
-        checks.append(AxiomCheck("additivity", None, "one objective only: additivity needs two games to add"))
-    else:
-        other, j = others[0], table.objectives.index(others[0])
-        summed = exact_shapley(players, lambda s: table(s)[k] + table(s)[j]).values[:, 0]
-        added = values[:, k] + values[:, j]
-        checks.append(AxiomCheck(
-            "additivity", bool(np.all(np.abs(summed - added) <= tolerance)),
-            f"Shapley of ({objective} + {other}) vs Shapley({objective}) + Shapley({other}): "
-            + ", ".join(f"{p} {number(a)} vs {number(b)}" for p, a, b in zip(players, summed, added))))
-    return checks
 
 
 # -----------------------------------------------------------------------------
@@ -405,7 +313,11 @@ def arithmetic_latex(coalition: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class ArithmeticCosts:
-    """Counts for n sources: models to train, and forward passes per generated token over all coalitions."""
+    """Counts for n sources: models to train, and forward passes per generated token over all coalitions.
+
+    The passes count the sampler's model rows (`coalitions.decode_rows`): coalition S decodes its
+    adapters and the base, |S| + 1 rows, but the base model and a singleton need one row.
+    """
 
     sources: int
 
@@ -423,20 +335,23 @@ class ArithmeticCosts:
         """One model per non-empty coalition (the empty coalition is the base model)."""
         return self.coalitions - 1
 
-    @property
-    def adapter_passes(self) -> int:
-        """sum over S of |S| = n 2^(n-1): every source sits in half the coalitions."""
-        return self.sources * 2 ** (self.sources - 1)
-
-    @property
-    def base_passes(self) -> int:
-        """One base-model pass per coalition."""
-        return self.coalitions
+    def _every_coalition(self) -> list[Coalition]:
+        return all_coalitions([f"source {i}" for i in range(self.sources)])  # names stand in for the sources
 
     @property
     def forward_passes_per_token(self) -> int:
-        """sum over S of (|S| + 1) = n 2^(n-1) + 2^n: coalition S costs |S| + 1 passes per token."""
-        return self.adapter_passes + self.base_passes
+        """Model rows one decoding step of every coalition costs: n 2^(n-1) + 2^n - n."""
+        return sum(decode_rows(c) for c in self._every_coalition())
+
+    @property
+    def base_passes(self) -> int:
+        """Rows of the base model: every coalition's but the singletons'."""
+        return sum(BASE in dict(formula_terms(c)) for c in self._every_coalition())
+
+    @property
+    def adapter_passes(self) -> int:
+        """sum over S of |S| = n 2^(n-1): every source sits in half the coalitions."""
+        return self.forward_passes_per_token - self.base_passes
 
     @property
     def teacher_forced_passes(self) -> int:

@@ -22,7 +22,6 @@ from .storage import atomic_dir
 from .errors import UserError
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PAPER_MODEL_ID = "HuggingFaceTB/SmolLM-135M-Instruct"
 
 
 class ModelLoadError(UserError):
@@ -149,8 +148,9 @@ def tiny_model_dir() -> Path:
     tokenizer = load_tokenizer(embedded_model_dir())
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TINY_CONFIG)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng():  # seeded weights, without touching the caller's random state
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -160,3 +160,15 @@ def tiny_model_dir() -> Path:
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """The prompt text for a conversation, through the tokenizer's chat template."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    """A conversation's tokens up to the assistant's turn: what every model here is prompted with."""
+    # The chat template already holds the special tokens it needs.
+    return tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def reply_ids(tokenizer: PreTrainedTokenizerBase, reply: str, end: bool = False) -> list[int]:
+    """A reply's tokens; with `end`, closed by the end token (a finished reply, as a reward model reads it)."""
+    ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if end and tokenizer.eos_token_id is not None else ids

@@ -21,7 +21,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .adapters import RECORD_FILE, adapter_dir, trained_sources
-from .arithmetic import Coalition, GenerationRequest, Messages, SamplingSettings, formula, stream_coalitions
+from .arithmetic import GenerationRequest, Messages, SamplingSettings, stream_coalitions
+from .coalitions import Coalition, formula
 from .runs import Run
 from .splits import EvalPrompt
 
@@ -32,7 +33,7 @@ MAX_COLUMNS = 4  # coalition columns beside the base model's
 class Column:
     """What one column samples from: a coalition, by arithmetic or (ablation) by a weight-space merge."""
 
-    sources: Coalition = ()
+    sources: Coalition = frozenset()
     merged: bool = False
 
     @property
@@ -41,21 +42,21 @@ class Column:
 
     @property
     def title(self) -> str:
-        return " + ".join(self.sources) if self.sources else "base model"
+        return " + ".join(sorted(self.sources)) if self.sources else "base model"
 
     @property
     def formula(self) -> str:
         if self.is_merge:
-            return f"π = π_0 with ΔW = {' + '.join(f'ΔW_{s}' for s in self.sources)} (weight-space merge)"
+            return f"π = π_0 with ΔW = {' + '.join(f'ΔW_{s}' for s in sorted(self.sources))} (weight-space merge)"
         return formula(self.sources)
 
 
 def default_columns(sources: Sequence[str]) -> list[Column]:
     """What the page opens with: singletons of the first sources, then the grand coalition of all of them."""
-    singletons = [Column((source,)) for source in sources]
+    singletons = [Column(frozenset({source})) for source in sources]
     if len(sources) < 2:
         return singletons
-    return singletons[: MAX_COLUMNS - 1] + [Column(tuple(sources))]
+    return singletons[: MAX_COLUMNS - 1] + [Column(frozenset(sources))]
 
 
 def column_coalition(model: torch.nn.Module, column: Column) -> Coalition:
@@ -64,7 +65,7 @@ def column_coalition(model: torch.nn.Module, column: Column) -> Coalition:
         return column.sources
     from .merging import merged_coalition_adapter  # imports peft: only when a merge is asked for
 
-    return (merged_coalition_adapter(model, column.sources, "cat"),)
+    return frozenset({merged_coalition_adapter(model, column.sources, "cat")})
 
 
 def column_requests(model: torch.nn.Module, columns: Sequence[Column], messages: Messages) -> list[GenerationRequest]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import PROJECT_ROOT, ConfigError, RunConfig, from_dict, to_dict
+from .config import PROJECT_ROOT, ConfigError, ModelConfig, RunConfig, default_model, from_dict, to_dict
 from .storage import atomic_write_json, atomic_write_yaml
 from .errors import UserError
 
@@ -104,11 +104,12 @@ class Run:
 
 
 def create_run(name: str, config: RunConfig | None = None, root: Path | None = None) -> Run:
+    """A new run; without a config, the defaults on the base model `VALUATION_MODEL` names (or the embedded one)."""
     run = Run.named(name, root)
     if run.exists():
         raise RunError(f"Run {name!r} already exists at {run.path}; open it or pick another name.")
     run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(config or RunConfig())
+    run.save_config(config or RunConfig(model=ModelConfig(name=default_model())))
     return run
 
 

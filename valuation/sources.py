@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from .config import DataConfig
-from .data import PreferenceData, load_preferences
+from .config import DataConfig, every_source
+from .data import PreferenceData, check_sources, load_preferences
 from .runs import Run
 from .splits import Split, split_preferences
+from .storage import atomic_write_bytes
 
 
 def describe_sources(data: PreferenceData) -> pd.DataFrame:
@@ -32,10 +35,20 @@ def pair_lengths(data: PreferenceData) -> pd.DataFrame:
     })
 
 
+def save_upload(run: Run, name: str, data: bytes) -> Path:
+    """Keep an uploaded file in the run (uploads/<name>), written atomically and only when it changed."""
+    target = run.path / "uploads" / Path(name).name
+    if not target.exists() or target.read_bytes() != data:
+        atomic_write_bytes(target, data)
+    return target
+
+
 def record_sources(run: Run, data_config: DataConfig) -> Split:
     """Validate the choice, split the data and write both into the run (config.yaml, split.json)."""
     data_config.validate()
-    split = split_preferences(load_preferences(data_config), data_config)
+    data = load_preferences(every_source(data_config))
+    check_sources(data, data_config.sources)
+    split = split_preferences(data, data_config)
     config = run.load_config()
     config.data = data_config
     run.save_config(config)

@@ -1,7 +1,9 @@
-"""Atomic writes: a reader never sees a half-written file or directory, a killed writer leaves none."""
+"""Atomic writes (a reader never sees a half-written file or directory, a killed writer leaves none),
+and the content digests that key what is stored by what produced it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,18 +15,27 @@ from typing import Any, Iterator
 import yaml
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def digest(value: Any) -> str:
+    """A short, stable key of a JSON-able value: equal values, equal keys, in any process."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

@@ -9,13 +9,13 @@ over the source's training pairs. Every source shares the base, beta, LoRA shape
 schedule, epochs and lengths; only the data and the seed differ, and the seed is derived from the
 run seed and the source's name, so a source trains the same alone, in a batch or after a relaunch.
 
-Progress goes to a `jobs.JobSession` (events for the app, log lines, a tqdm bar in a terminal);
-each finished adapter is saved whole (`adapters.save_adapter`) before the next source starts.
+The job is `run_train(context, config, reporter)` (valuation/jobs.py). Progress goes to the
+`Reporter` (events for the app, log lines, a tqdm bar in a terminal); each finished adapter is saved
+whole (`adapters.save_adapter`) before the next source starts, so a relaunch trains only what is missing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import tempfile
 import time
@@ -23,16 +23,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .adapters import check_adapter_name, read_record, remove_partial_adapters, save_adapter, trained_sources
-from .config import ConfigError, from_dict, helped, to_dict
+from .config import ConfigError, helped, settings_of
 from .errors import UserError
-from .jobs import Job, JobSession, launch_job
-from .runs import Run
+from .models import prompt_ids
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .context import RunContext
     from .data import PreferencePair
     from .models import LoadedModel
+    from .progress import Reporter
+    from .runs import Run
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -43,6 +45,8 @@ class TrainingError(UserError):
 
 @dataclass
 class TrainConfig:
+    sources: list[str] = helped([], "Sources to train (default: the run's sources).", setting=False)
+    retrain: bool = helped(False, "Train the chosen sources again even if they are trained already.", setting=False)
     max_pairs: int = helped(120, "Training pairs per source, taken in the split's seeded order (0: every pair of the split).")
     epochs: float = helped(1.0, "Passes over each source's pairs.")
     learning_rate: float = helped(1e-3, "Peak AdamW learning rate (LoRA wants far more than full fine-tuning's 1e-6).")
@@ -94,46 +98,10 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def preset_config(preset: str, **overrides: Any) -> TrainConfig:
-    """The preset's settings with `overrides` (field name -> value) applied, validated."""
-    if preset not in PRESETS:
-        raise ConfigError(f"Unknown training preset {preset!r}: use one of {sorted(PRESETS)}.")
-    config = from_dict(TrainConfig, {**to_dict(PRESETS[preset]), **overrides}, "training")
-    config.validate()
-    return config
-
-
 def source_seed(run_seed: int, source: str) -> int:
     """A source's training seed: fixed by the run seed and its name, not by when it trains."""
     digest = hashlib.sha256(f"{run_seed}\x00train\x00{source}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 2**31
-
-
-def flag(field_name: str) -> str:
-    """The command-line flag of a TrainConfig field: max_pairs -> --max-pairs."""
-    return "--" + field_name.replace("_", "-")
-
-
-def train_argv(run: Run, preset: str, sources: list[str], overrides: dict[str, Any], retrain: bool = False) -> list[str]:
-    """The arguments of `python -m valuation` that train `sources` of `run` with these settings."""
-    argv = ["train", "--run", str(run.path.absolute()), "--preset", preset]  # the job runs from the project root
-    if sources:
-        argv += ["--sources", *sources]
-    for name, value in overrides.items():
-        if isinstance(value, bool):
-            argv.append(flag(name) if value else "--no-" + flag(name)[2:])
-        elif isinstance(value, list):
-            argv += [flag(name), *map(str, value)]
-        else:
-            argv += [flag(name), repr(value) if isinstance(value, float) else str(value)]
-    return argv + (["--retrain"] if retrain else [])
-
-
-def launch_training(run: Run, preset: str, sources: list[str], overrides: dict[str, Any], retrain: bool = False) -> Job:
-    """Check the settings now (so mistakes show at once), then train in a background process."""
-    preset_config(preset, **overrides)
-    run.load_config()
-    return launch_job(run, "train", train_argv(run, preset, sources, overrides, retrain))
 
 
 # ---------------------------------------------------------------- data
@@ -151,8 +119,7 @@ def select_pairs(pairs: list["PreferencePair"], tokenizer: Any, config: TrainCon
     for pair in pairs:
         if config.max_pairs and len(rows) == config.max_pairs:
             break
-        prompt_ids = tokenizer.apply_chat_template(pair.prompt, add_generation_prompt=True, return_dict=False)
-        if len(prompt_ids) > config.max_prompt_length:
+        if len(prompt_ids(tokenizer, pair.prompt)) > config.max_prompt_length:
             dropped += 1
             continue
         rows.append({
@@ -166,40 +133,24 @@ def select_pairs(pairs: list["PreferencePair"], tokenizer: Any, config: TrainCon
 # ---------------------------------------------------------------- progress
 
 
-def _progress_callback(session: JobSession, source: str, history: list[dict[str, Any]]):
-    """A TrainerCallback that turns the trainer's logs into progress events, log lines and a bar."""
-    from tqdm import tqdm
+def _progress_callback(reporter: Reporter, source: str, history: list[dict[str, Any]]):
+    """A TrainerCallback that turns the trainer's logs into the source's progress steps."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.time()
-            self.bar = tqdm(total=state.max_steps, desc=source, unit="step", disable=None, leave=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
                 return  # the final summary (train_runtime...) is not a step
-            elapsed = time.time() - self.started
             step, total = state.global_step, state.max_steps
-            point = {
-                "step": step,
-                "loss": logs["loss"],
-                "accuracy": logs.get("rewards/accuracies"),
-                "margin": logs.get("rewards/margins"),
-            }
+            point = {"step": step, "loss": logs["loss"], "accuracy": logs.get("rewards/accuracies"),
+                     "margin": logs.get("rewards/margins")}
             history.append(point)
-            eta = elapsed / step * (total - step) if step else None
-            session.progress.emit("step", source=source, total=total, elapsed=elapsed, eta=eta, **point)
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{point['loss']:.3f}", margin=f"{point['margin'] or 0:.3f}")
-            if not self.bar.disable:
-                return
-            session.log(f"{source}: step {step}/{total} loss {point['loss']:.4f} "
-                        f"accuracy {point['accuracy'] or 0:.2f} margin {point['margin'] or 0:.4f} "
-                        f"elapsed {elapsed:.0f}s left {eta or 0:.0f}s")
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.bar.close()
+            elapsed = time.time() - self.started
+            reporter.step(source, step, total, loss=point["loss"], accuracy=point["accuracy"], margin=point["margin"],
+                          eta=elapsed / step * (total - step))
 
     return Progress()
 
@@ -234,7 +185,7 @@ def _dpo_config(config: TrainConfig, seed: int, output_dir: str, use_cpu: bool):
     )
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the job log to our own lines: no per-map progress bars, no weight-loading bars."""
     import datasets
     import transformers
@@ -244,8 +195,8 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def fit_adapter(loaded: "LoadedModel", name: str, pairs: list["PreferencePair"], config: TrainConfig, seed: int,
-                session: JobSession) -> tuple[Any, dict[str, Any]]:
+def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], config: TrainConfig, seed: int,
+                reporter: Reporter) -> tuple[Any, dict[str, Any]]:
     """Train a LoRA adapter on `loaded.model` by DPO; the trained PeftModel and its record.
 
     The reference is `loaded.model` itself with the adapter off: the base for a source's adapter,
@@ -263,7 +214,7 @@ def fit_adapter(loaded: "LoadedModel", name: str, pairs: list["PreferencePair"],
             f"Source {name!r} has no training pair whose prompt fits max_prompt_length={config.max_prompt_length} "
             f"({selected.dropped} dropped): raise --max-prompt-length."
         )
-    session.log(f"{name}: {len(selected.rows)} pairs ({selected.dropped} dropped by the prompt length cap), seed {seed}")
+    reporter.log(f"{name}: {len(selected.rows)} pairs ({selected.dropped} dropped by the prompt length cap), seed {seed}")
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_targets, task_type="CAUSAL_LM")
     history: list[dict[str, Any]] = []
@@ -274,18 +225,17 @@ def fit_adapter(loaded: "LoadedModel", name: str, pairs: list["PreferencePair"],
             train_dataset=Dataset.from_list(selected.rows),
             processing_class=loaded.tokenizer,
             peft_config=lora,  # the reference is this model with the adapter disabled
-            callbacks=[_progress_callback(session, name, history)],
+            callbacks=[_progress_callback(reporter, name, history)],
         )
         trainer.remove_callback(PrinterCallback)
-        session.progress.emit("source_start", source=name, pairs=len(selected.rows), dropped=selected.dropped)
+        reporter.event("source_start", source=name, pairs=len(selected.rows), dropped=selected.dropped)
         trainer.train()
     final = history[-1] if history else {}
     record = {
         "source": name,
-        "settings": to_dict(config),
+        "settings": settings_of(config),
         "beta": config.beta,
-        "base_model": loaded.name,
-        "base_model_path": str(loaded.path),
+        "base_model": loaded.name,  # the name, never a machine's path: resolved again when loaded
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout, "targets": config.lora_targets},
         "seed": seed,
         "pairs_used": len(selected.rows),
@@ -298,63 +248,58 @@ def fit_adapter(loaded: "LoadedModel", name: str, pairs: list["PreferencePair"],
     return trainer.model, record
 
 
-def train_source(run: Run, source: str, pairs: list["PreferencePair"], config: TrainConfig, session: JobSession) -> dict[str, Any]:
+def train_source(context: RunContext, source: str, config: TrainConfig, reporter: Reporter) -> dict[str, Any]:
     """Train one source's adapter on a fresh copy of the base and save it with its record."""
-    from .models import load_model
-
-    run_config = run.load_config()
-    loaded = load_model(run_config.model)  # fresh: adapters stay independent of each other
-    model, record = fit_adapter(loaded, source, pairs, config, source_seed(run_config.seed, source), session)
-    save_adapter(model, run, source, record)
-    session.progress.emit("source_done", source=source, wall_time_s=record["wall_time_s"], **record["final"])
+    seed = source_seed(context.config.seed, source)
+    model, record = fit_adapter(context.fresh_model(), source, context.split.train[source], config, seed, reporter)
+    save_adapter(model, context.run, source, record)
+    reporter.event("source_done", source=source, wall_time_s=record["wall_time_s"], **record["final"])
     loss = record["final"]["loss"]
-    session.log(f"{source}: saved adapter after {record['wall_time_s']:.0f}s, final loss {float('nan') if loss is None else loss:.4f}")
+    reporter.log(f"{source}: saved adapter after {record['wall_time_s']:.0f}s, final loss {float('nan') if loss is None else loss:.4f}")
     return record
 
 
-def _settings_conflicts(run: Run, kept: list[str], config: TrainConfig) -> dict[str, list[str]]:
+def _settings_conflicts(context: RunContext, kept: list[str], config: TrainConfig) -> dict[str, list[str]]:
     """Kept adapters trained with other settings: source -> the fields that differ."""
-    wanted = to_dict(config)
+    wanted = settings_of(config)
     conflicts = {}
     for source in kept:
-        used = read_record(run, source).get("settings", {})
+        used = read_record(context.run, source).get("settings", {})
         differing = [name for name in wanted if used.get(name) != wanted[name]]
         if differing:
             conflicts[source] = differing
     return conflicts
 
 
-def train_sources(run: Run, config: TrainConfig, sources: list[str] | None, session: JobSession,
-                  retrain: bool = False) -> dict[str, dict[str, Any]]:
-    """Train every chosen source not trained yet (all of them with `retrain`); their records.
+def run_train(context: RunContext, config: TrainConfig, reporter: Reporter) -> dict[str, dict[str, Any]]:
+    """The train job: every chosen source not trained yet (all of them with `retrain`); their records.
 
-    Sources: `sources`, else the run's data.sources, else every source of its dataset. Call this
-    while holding the run's lock (inside `jobs.job_session`).
+    Sources: `config.sources`, else the run's. Adapters kept from earlier must share these settings.
     """
-    from .data import load_preferences
-    from .splits import split_preferences
-
-    _quiet_libraries()
-    run_config = run.load_config()
-    data_config = dataclasses.replace(run_config.data, sources=list(sources or run_config.data.sources))
-    split = split_preferences(load_preferences(data_config), data_config)
-    chosen = [check_adapter_name(s) for s in split.train]
-    trained = trained_sources(run)
-    kept = [s for s in trained if not (retrain and s in chosen)]
-    conflicts = _settings_conflicts(run, kept, config)
+    quiet_libraries()
+    chosen = [check_adapter_name(s) for s in (config.sources or context.sources)]
+    unknown = sorted(set(chosen) - set(context.split.train))
+    if unknown:
+        raise TrainingError(f"No source {unknown} in this run's split (it has {sorted(context.split.train)}): "
+                            "choose them on the Sources page first.")
+    trained = trained_sources(context.run)
+    kept = [s for s in trained if not (config.retrain and s in chosen)]
+    conflicts = _settings_conflicts(context, kept, config)
     if conflicts:
         detail = "; ".join(f"{s}: {', '.join(fields)}" for s, fields in conflicts.items())
         raise TrainingError(
             f"Trained adapters used other settings than these ({detail}). Every source must share them: "
             "train with the settings they used, or retrain every source with these (--retrain, all sources chosen)."
         )
-    todo = [s for s in chosen if retrain or s not in trained]
-    remove_partial_adapters(run)
-    session.progress.emit("job_start", sources=chosen, todo=todo, settings=to_dict(config))
+    todo = [s for s in chosen if config.retrain or s not in trained]
+    remove_partial_adapters(context.run)
+    reporter.event("job_start", sources=chosen, todo=todo, settings=settings_of(config))
     skipped = [s for s in chosen if s not in todo]
     if skipped:
-        session.log(f"already trained, skipped: {', '.join(skipped)}")
-    return {source: train_source(run, source, split.train[source], config, session) for source in todo}
+        reporter.log(f"already trained, skipped: {', '.join(skipped)}")
+    records = {source: train_source(context, source, config, reporter) for source in todo}
+    reporter.log(f"done: {len(records)} adapter(s) trained in {context.run.path / 'adapters'}")
+    return records
 
 
 # ---------------------------------------------------------------- reading progress (for the app)
@@ -383,19 +328,19 @@ def source_progress(events: list[dict[str, Any]]) -> list[SourceProgress]:
     start = events[starts[-1]]
     progress = {s: SourceProgress(s, "waiting" if s in start["todo"] else "skipped") for s in start["sources"]}
     for event in events[starts[-1] + 1:]:
-        entry = progress.get(event.get("source"))
+        entry = progress.get(event.get("source", event.get("stage")))
         if entry is None:
             continue
         if event["event"] == "source_start":
             entry.state = "training"
         elif event["event"] == "step":
-            entry.state, entry.step, entry.total, entry.eta_s = "training", event["step"], event["total"], event.get("eta")
+            entry.state, entry.step, entry.total, entry.eta_s = "training", event["done"], event["total"], event.get("eta")
         elif event["event"] == "source_done":
             entry.state = "done"
     return list(progress.values())
 
 
-def training_curves(run: Run, events: list[dict[str, Any]]) -> "pd.DataFrame":
+def training_curves(run: Run, events: list[dict[str, Any]]) -> pd.DataFrame:
     """Loss, reward accuracy and margin by step and source: saved adapters' curves, then live ones."""
     import pandas as pd
 
@@ -404,13 +349,13 @@ def training_curves(run: Run, events: list[dict[str, Any]]) -> "pd.DataFrame":
     for source in trained:
         rows += [{"source": source, **point} for point in read_record(run, source).get("history", [])]
     rows += [
-        {"source": e["source"], **{k: e.get(k) for k in ("step", "loss", "accuracy", "margin")}}
-        for e in events if e["event"] == "step" and e["source"] not in trained
+        {"source": e["stage"], "step": e["done"], **{k: e.get(k) for k in ("loss", "accuracy", "margin")}}
+        for e in events if e["event"] == "step" and e["stage"] not in trained
     ]
     return pd.DataFrame(rows, columns=["source", "step", "loss", "accuracy", "margin"])
 
 
-def adapter_table(run: Run) -> "pd.DataFrame":
+def adapter_table(run: Run) -> pd.DataFrame:
     """One row per trained adapter: what it was trained on and how it ended."""
     import pandas as pd
 

@@ -2,11 +2,13 @@
 Shapley page share.
 
     <run>/evaluation/utilities.csv     coalition, prompt, one column per objective (written by evaluation)
+    <run>/evaluation/settings.json     the evaluation's settings: its method, permutation budget and seed
     <run>/rewards/<objective>/reward.json   the reward model's held-out accuracy
 
 `value_sources(table, config)` computes Shapley values (exact over all 2^n coalitions by default
 while n <= 12, else permutation Monte Carlo) with intervals, plus Banzhaf values and pairwise
-interactions from the same table. Table problems become `UtilityError`s that say what to fix.
+interactions from the same table; `run_valuation_config(run)` is the config a run's table needs.
+Table problems become `UtilityError`s that say what to fix.
 """
 
 from __future__ import annotations
@@ -21,22 +23,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, helped
+from .coalitions import ENUMERABLE_MAX_PLAYERS, EXACT_MAX_PLAYERS, coalition_name
+from .config import ConfigError, from_dict, helped
 from .errors import UserError
+from .monte_carlo import bootstrap_intervals, permutation_shapley
 from .runs import Run
-from .shapley import (
-    UtilityTable,
-    ValuationResult,
-    bootstrap_intervals,
-    coalition_name,
-    exact_banzhaf,
-    exact_shapley,
-    pairwise_interactions,
-    permutation_shapley,
-)
+from .shapley import ValuationResult, exact_banzhaf, exact_shapley, pairwise_interactions
+from .utility_table import UtilityTable
 
-EXACT_DEFAULT_MAX_PLAYERS = 12  # beyond this, "auto" samples permutations instead of all 2^n coalitions
 METHODS = ("auto", "exact", "permutation")
+EVALUATION_SETTINGS = ("method", "permutations", "seed")  # what the evaluation decided about which coalitions exist
 
 
 class UtilityError(UserError):
@@ -67,6 +63,11 @@ def utilities_path(run: Run | str | PathLike[str]) -> Path:
     return _run_dir(run) / "evaluation" / "utilities.csv"
 
 
+def evaluation_settings_path(run: Run | str | PathLike[str]) -> Path:
+    """The settings of a run's last evaluation: <run>/evaluation/settings.json."""
+    return _run_dir(run) / "evaluation" / "settings.json"
+
+
 def load_utilities(path: str | PathLike[str]) -> UtilityTable:
     path = Path(path)
     if not path.is_file():
@@ -75,36 +76,43 @@ def load_utilities(path: str | PathLike[str]) -> UtilityTable:
         return UtilityTable.from_csv(path)
 
 
-def load_run_utilities(run: Run | str | PathLike[str]) -> UtilityTable:
-    path = utilities_path(run)
+def load_run_utilities(run: Run | str | PathLike[str], target: str | None = None) -> UtilityTable:
+    """A run's game: utilities.csv, or the table of another pooled target (see `target_tables`)."""
+    tables = target_tables(run)
+    path = tables.get(target, utilities_path(run)) if target else utilities_path(run)
+    if target and target not in tables:
+        raise UtilityError(f"run {_run_dir(run).name!r} has no {target!r} utilities; it has {sorted(tables) or 'none'}")
     if not path.is_file():
         raise UtilityError(f"run {_run_dir(run).name!r} has no coalition utilities yet ({path}): "
                            "train adapters, then evaluate the coalitions")
     return load_utilities(path)
 
 
-def reward_accuracies(run: Run | str | PathLike[str]) -> pd.DataFrame:
-    """One row per reward model: objective, accuracy, lower, upper, pairs, near_chance.
+def estimation(run: Run | str | PathLike[str]) -> pd.DataFrame:
+    """How a pooled evaluation estimated each coalition, per target: coalition, target, estimator
+    (pooled, or direct where the pool's ESS fell below the floor), ess_mean, ess_min, below_floor
+    (a sequence-level coalition below the floor has no direct stand-in). Empty after a direct evaluation."""
+    path = _run_dir(run) / "evaluation" / "estimation.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["coalition", "target", "estimator", "ess_mean", "ess_min", "below_floor"])
+    with _table_errors(str(path)):
+        return pd.read_csv(path, dtype={"coalition": str}, keep_default_na=False)
 
-    near_chance: the held-out accuracy interval includes 0.5, so the reward model may be guessing.
-    Missing or unreadable files are skipped, missing keys read as NaN.
-    """
-    rows = []
-    for path in sorted((_run_dir(run) / "rewards").glob("*/reward.json")):
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = None
-        if not isinstance(info, dict):
-            continue
-        interval = info.get("interval")
-        lower, upper = interval if isinstance(interval, list) and len(interval) == 2 else (np.nan, np.nan)
-        rows.append({"objective": path.parent.name, "accuracy": info.get("heldout_accuracy", np.nan),
-                     "lower": lower, "upper": upper, "pairs": info.get("heldout_pairs", np.nan)})
-    frame = pd.DataFrame(rows, columns=["objective", "accuracy", "lower", "upper", "pairs"])
-    frame[["accuracy", "lower", "upper", "pairs"]] = frame[["accuracy", "lower", "upper", "pairs"]].astype(float)
-    frame["near_chance"] = (frame.lower <= 0.5) & (frame.upper >= 0.5)
-    return frame
+
+def target_tables(run: Run | str | PathLike[str]) -> dict[str, Path]:
+    """Utility tables by what they are the expected reward under: 'direct' (each coalition's own
+    samples) or a pooled evaluation's 'token' and 'sequence' targets (valuation.estimators)."""
+    folder = _run_dir(run) / "evaluation"
+    targets = list(dict.fromkeys(estimation(run).target))
+    if not targets:
+        return {"direct": folder / "utilities.csv"} if (folder / "utilities.csv").is_file() else {}
+    return {target: folder / ("utilities.csv" if k == 0 else f"utilities-{target}.csv") for k, target in enumerate(targets)}
+
+
+def values_by_target(tables: dict[str, UtilityTable], config: ValuationConfig) -> pd.DataFrame:
+    """Each target's Shapley values side by side: target, objective, player, value, lower, upper, ..."""
+    return pd.concat([value_sources(table, config).values_frame().assign(target=target)
+                      for target, table in tables.items()], ignore_index=True)
 
 
 # -----------------------------------------------------------------------------
@@ -142,7 +150,7 @@ def with_combined(table: UtilityTable, weight: float, first: str, second: str,
 @dataclass(frozen=True)
 class ValuationConfig:
     method: str = helped("auto", "'exact' (all 2^n coalitions), 'permutation' (Monte Carlo over orders of the "
-                                 f"sources) or 'auto' (exact while n <= {EXACT_DEFAULT_MAX_PLAYERS}).")
+                                 f"sources) or 'auto' (exact while n <= {EXACT_MAX_PLAYERS}).")
     permutations: int = helped(1000, "Monte Carlo budget: random orders of the sources (antithetic pairs count two).")
     seed: int = helped(0, "Seed of the permutations and of the bootstrap.")
     confidence: float = helped(0.95, "Confidence level of the intervals.")
@@ -161,7 +169,24 @@ class ValuationConfig:
     def resolved_method(self, n_players: int) -> str:
         if self.method != "auto":
             return self.method
-        return "exact" if n_players <= EXACT_DEFAULT_MAX_PLAYERS else "permutation"
+        return "exact" if n_players <= EXACT_MAX_PLAYERS else "permutation"
+
+
+def run_valuation_config(run: Run | str | PathLike[str]) -> ValuationConfig:
+    """The config a run's values must use: its evaluation's method, permutation budget and seed.
+
+    With the permutation method (auto: beyond EXACT_MAX_PLAYERS sources) the evaluation measured only
+    the coalitions that `permutation_shapley` visits with that budget and seed: any other budget or
+    seed asks for coalitions that were never evaluated. Without settings (no evaluation ran): the defaults.
+    """
+    path = evaluation_settings_path(run)
+    if not path.is_file():
+        return ValuationConfig()
+    with _table_errors(str(path)):  # a JSON error is a ValueError
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    config = from_dict(ValuationConfig, {key: settings[key] for key in EVALUATION_SETTINGS if key in settings}, str(path))
+    config.validate()  # an evaluation may sample fewer permutations than a standard error needs
+    return config
 
 
 @dataclass(frozen=True)
@@ -264,7 +289,7 @@ def value_sources(table: UtilityTable, config: ValuationConfig = ValuationConfig
         raise UtilityError("the utility table has no sources: it holds only the empty coalition")
     method = config.resolved_method(len(players))
     with _table_errors("cannot value the sources"):
-        missing = table.missing_coalitions() if len(players) <= 20 else None
+        missing = table.missing_coalitions() if len(players) <= ENUMERABLE_MAX_PLAYERS else None
         complete = missing == []
         if method == "exact" and not complete:
             raise UtilityError(_missing_message(missing, len(players)))
@@ -276,7 +301,7 @@ def value_sources(table: UtilityTable, config: ValuationConfig = ValuationConfig
                                           seed=config.seed)
         else:
             shapley = exact_shapley(players, table, objectives=table.objectives)
-        small = complete and len(players) <= EXACT_DEFAULT_MAX_PLAYERS
+        small = complete and len(players) <= EXACT_MAX_PLAYERS
         banzhaf = exact_banzhaf(players, table, objectives=table.objectives) if small else None
         interactions = pairwise_interactions(players, table) if small and len(players) > 1 else None
     return Valuation(table, shapley, banzhaf, interactions, config.confidence)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from ..config import field_help
 from ..values import METHODS, ValuationConfig
+
+# With --run these default to the run's evaluation settings: it measured the coalitions they pick.
+EVALUATION_FLAGS = ("method", "permutations", "seed")
+
+
+def _from_the_run(name: str) -> str:
+    return (f"{field_help(ValuationConfig, name)} Default: with --run the run's evaluation setting, "
+            f"else {getattr(ValuationConfig(), name)}.")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -15,30 +24,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                            "numeric column per objective.")
     where.add_argument("--run", help="A run directory (runs/NAME): value its evaluation/utilities.csv.")
     defaults = ValuationConfig()
-    parser.add_argument("--method", choices=METHODS, default=defaults.method, help=field_help(ValuationConfig, "method"))
-    parser.add_argument("--permutations", type=int, default=defaults.permutations,
-                        help=field_help(ValuationConfig, "permutations"))
-    parser.add_argument("--seed", type=int, default=defaults.seed, help=field_help(ValuationConfig, "seed"))
+    parser.add_argument("--method", choices=METHODS, help=_from_the_run("method"))
+    parser.add_argument("--permutations", type=int, help=_from_the_run("permutations"))
+    parser.add_argument("--seed", type=int, help=_from_the_run("seed"))
     parser.add_argument("--confidence", type=float, default=defaults.confidence,
                         help=field_help(ValuationConfig, "confidence"))
     parser.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help=field_help(ValuationConfig, "bootstrap"))
+    parser.add_argument("--target", choices=("direct", "token", "sequence"),
+                        help="With --run after a pooled evaluation: value the token-level (default) or the "
+                             "sequence-level target's utilities.")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="'table': aligned text per objective; 'json': {shapley: {objective: {source: "
                              "{value, lower, upper}}}, banzhaf, efficiency}.")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..values import format_table, load_run_utilities, load_utilities, reward_accuracies, value_sources
     from ..runs import Run
+    from ..rewards import reward_accuracies
+    from ..values import (format_table, load_run_utilities, load_utilities, run_valuation_config,
+                          value_sources)
 
-    config = ValuationConfig(method=args.method, permutations=args.permutations, seed=args.seed,
-                             confidence=args.confidence, bootstrap=args.bootstrap)
     if args.run:
         run_dir = Run.at(args.run)
-        table, accuracies = load_run_utilities(run_dir), reward_accuracies(run_dir)
+        table = load_run_utilities(run_dir, args.target)
+        accuracies, config = reward_accuracies(run_dir), run_valuation_config(run_dir)
     else:
-        table, accuracies = load_utilities(args.utilities), None
-    valuation = value_sources(table, config)
+        table, accuracies, config = load_utilities(args.utilities), None, ValuationConfig()
+    given = {name: getattr(args, name) for name in EVALUATION_FLAGS if getattr(args, name) is not None}
+    valuation = value_sources(table, replace(config, confidence=args.confidence, bootstrap=args.bootstrap, **given))
     if args.format == "json":
         print(valuation.to_json())
     else:

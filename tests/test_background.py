@@ -12,18 +12,18 @@ import pytest
 from valuation import cli
 from valuation.config import PROJECT_ROOT
 from valuation.errors import UserError
-from valuation.jobs import (JobBusyError, cancel_job, job_dir, job_session, job_status, launch_job, log_tail, read_job,
+from valuation.background import (JobBusyError, cancel_job, job_dir, job_session, job_status, launch_job, log_tail, read_job,
                             wait_for_job)
 from valuation.runs import Run, create_run
 
 # A stand-in for a command typed in a terminal: it takes the run's lock, reports, then waits.
 HOLDER = """
 import sys, time
-from valuation.jobs import job_session
+from valuation.background import job_session
 from valuation.runs import Run
-with job_session(Run.at(sys.argv[1]), "hold") as session:
-    session.log("holding the lock")
-    session.progress.emit("step", step=1)
+with job_session(Run.at(sys.argv[1]), "hold") as reporter:
+    reporter.log("holding the lock")
+    reporter.event("step", step=1)
     time.sleep(120)
 """
 
@@ -44,8 +44,8 @@ def start_holder(run: Run) -> subprocess.Popen:
 
 def test_session_records_how_it_ends(run: Run) -> None:
     assert job_status(run) is None
-    with job_session(run, "demo") as session:
-        session.progress.emit("step", step=1)
+    with job_session(run, "demo") as reporter:
+        reporter.event("step", step=1)
         assert job_status(run).state == "running"
     assert job_status(run).state == "done"
 

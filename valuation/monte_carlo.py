@@ -1,0 +1,185 @@
+"""Shapley values by sampling: permutation Monte Carlo with composable stopping rules, and exact
+values with intervals from the spread over prompts (the bootstrap, or a t-interval).
+
+Pure numpy; no UI imports.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import pi, sqrt, tan
+from statistics import NormalDist
+from typing import Literal
+
+import numpy as np
+
+from .coalitions import Coalition
+from .shapley import CachedGame, Convergence, Game, ValuationResult, objective_names, shapley_weights, values_by_mask
+from .utility_table import UtilityTable
+
+
+# -----------------------------------------------------------------------------
+# stopping rules for Monte Carlo
+
+
+class StoppingRule(ABC):
+    """Asked after every sample whether to stop; combine rules with `|` (stop when either says so)."""
+
+    @abstractmethod
+    def __call__(self, n_permutations: int, stderr: np.ndarray) -> bool: ...
+
+    def __or__(self, other: StoppingRule) -> StoppingRule:
+        return AnyOf(self, other)
+
+
+@dataclass(frozen=True)
+class MaxPermutations(StoppingRule):
+    k: int
+
+    def __call__(self, n_permutations: int, stderr: np.ndarray) -> bool:
+        return n_permutations >= self.k
+
+
+@dataclass(frozen=True)
+class StandardErrorBelow(StoppingRule):
+    """Stop once every player's standard error (all objectives) is under `threshold`, after `burn_in`."""
+
+    threshold: float
+    burn_in: int = 100
+
+    def __call__(self, n_permutations: int, stderr: np.ndarray) -> bool:
+        return n_permutations >= self.burn_in and bool(np.all(stderr < self.threshold))
+
+
+@dataclass(frozen=True)
+class AnyOf(StoppingRule):
+    first: StoppingRule
+    second: StoppingRule
+
+    def __call__(self, n_permutations: int, stderr: np.ndarray) -> bool:
+        return self.first(n_permutations, stderr) or self.second(n_permutations, stderr)
+
+
+# -----------------------------------------------------------------------------
+# permutation Monte Carlo
+
+
+def _marginals(players: tuple[str, ...], order: np.ndarray, game: Game) -> np.ndarray:
+    """Add players one at a time in `order`; each step's gain is that player's marginal contribution."""
+    coalition: Coalition = frozenset()
+    previous = game(coalition)
+    out = np.empty((len(players), *previous.shape))
+    for i in order:
+        coalition = coalition | {players[i]}
+        current = game(coalition)
+        out[i] = current - previous
+        previous = current
+    return out
+
+
+def permutation_shapley(
+    players: Sequence[str],
+    game: Game,
+    *,
+    budget_permutations: int,
+    seed: int | None = 0,
+    antithetic: bool = True,
+    stopping: StoppingRule | None = None,
+    confidence: float = 0.95,
+    objectives: Sequence[str] | None = None,
+) -> ValuationResult:
+    """Shapley values as mean marginal contributions over random orders of the players.
+
+    With `antithetic`, each order is paired with its reverse and the pair mean is one sample: a
+    player early in one is late in the other, which cancels much of the size-driven variance. A pair
+    counts as two permutations. Sampling stops at `budget_permutations` or when `stopping` says so.
+    Pass a `CachedGame` to share evaluated coalitions across calls; intervals are normal, +- z SE.
+    """
+    players = tuple(players)
+    cached = game if isinstance(game, CachedGame) else CachedGame(game)
+    rule = MaxPermutations(budget_permutations)
+    rule = rule | stopping if stopping is not None else rule
+    rng = np.random.default_rng(seed)
+    total = cached(frozenset(players)) - cached(frozenset())
+
+    mean = np.zeros((len(players), *total.shape))
+    squares = np.zeros_like(mean)  # sum of squared deviations from the running mean (Welford)
+    used, trace_permutations, trace_values, trace_stderr = 0, [], [], []
+    while True:
+        order = rng.permutation(len(players))
+        sample = _marginals(players, order, cached)
+        if antithetic:
+            sample = (sample + _marginals(players, order[::-1], cached)) / 2
+        used += 2 if antithetic else 1
+        k = len(trace_permutations) + 1
+        delta = sample - mean
+        mean = mean + delta / k
+        squares = squares + delta * (sample - mean)
+        stderr = np.sqrt(squares / ((k - 1) * k)) if k > 1 else np.full_like(mean, np.nan)
+        trace_permutations.append(used)
+        trace_values.append(mean)
+        trace_stderr.append(stderr)
+        if rule(used, stderr):
+            break
+
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    convergence = Convergence(np.array(trace_permutations), np.stack(trace_values), np.stack(trace_stderr),
+                              cached.n_evaluations)
+    return ValuationResult(players, objective_names(objectives, total.shape[0]), mean, total,
+                           "permutation shapley" + (" (antithetic)" if antithetic else ""),
+                           stderr, mean - z * stderr, mean + z * stderr, convergence)
+
+
+# -----------------------------------------------------------------------------
+# intervals over prompts
+
+
+def _t_quantile(q: float, df: int) -> float:
+    """Student t quantile: closed form for df <= 2, else the Cornish-Fisher expansion (error < 1e-2 at df=3)."""
+    if df == 1:
+        return tan(pi * (q - 0.5))
+    if df == 2:
+        return (2 * q - 1) / sqrt(2 * q * (1 - q))
+    z = NormalDist().inv_cdf(q)
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4))
+
+
+def bootstrap_intervals(
+    players: Sequence[str],
+    table: UtilityTable,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+    interval: Literal["percentile", "t"] = "percentile",
+) -> ValuationResult:
+    """Exact Shapley values with intervals from the spread over prompts.
+
+    Shapley is linear in v, so each prompt's game has its own Shapley value, all in one product,
+    and their mean is the Shapley value of the mean utility. Percentile: resample prompts with
+    replacement `n_boot` times. t: mean +- t * sd / sqrt(n_prompts).
+    """
+    players = tuple(players)
+    u = values_by_mask(players, table.prompt_values)  # [2^n, m, p]
+    per_prompt = np.einsum("si,smp->imp", shapley_weights(len(players)), u)  # [n, m, p]
+    values = per_prompt.mean(-1)
+    n_prompts = u.shape[-1]
+    alpha = 1 - confidence
+    if interval == "t":
+        if n_prompts < 2:
+            raise ValueError("a t-interval needs at least 2 prompts")
+        stderr = per_prompt.std(-1, ddof=1) / np.sqrt(n_prompts)
+        half = _t_quantile(1 - alpha / 2, n_prompts - 1) * stderr
+        lower, upper = values - half, values + half
+    else:
+        # a bootstrap replicate reweights each prompt by how often it was drawn
+        counts = np.random.default_rng(seed).multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot)
+        boot = per_prompt @ counts.T / n_prompts  # [n, m, n_boot]
+        stderr = boot.std(-1, ddof=1)
+        lower, upper = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=-1)
+    return ValuationResult(players, table.objectives, values, (u[-1] - u[0]).mean(-1),
+                           f"exact shapley, {interval} interval over {n_prompts} prompts", stderr, lower, upper)

@@ -1,0 +1,118 @@
+"""Measured coalition utilities as a table: read from CSV (optionally one row per prompt), and
+itself a game, `table(coalition)` -> utilities, one per objective.
+
+Pure numpy and pandas; no UI imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from os import PathLike
+
+import numpy as np
+import pandas as pd
+
+from .coalitions import Coalition, all_coalitions, coalition_name, parse_coalition
+
+
+def _describe(coalition: Coalition) -> str:
+    return f"'{coalition_name(coalition)}'" if coalition else "'' (the empty coalition)"
+
+
+def _lookup(table: Mapping[Coalition, np.ndarray], coalition: Coalition) -> np.ndarray:
+    try:
+        return table[coalition]
+    except KeyError:
+        raise ValueError(f"utility table has no row for coalition {_describe(coalition)}") from None
+
+
+@dataclass(frozen=True)
+class UtilityTable:
+    """Measured utilities v(S), one per objective; optionally one per prompt too.
+
+    Calling the table is playing the game: `table(coalition)` -> utilities of shape [m].
+    """
+
+    players: tuple[str, ...]
+    objectives: tuple[str, ...]
+    values: Mapping[Coalition, np.ndarray]  # [m] mean utility per objective
+    per_prompt: Mapping[Coalition, np.ndarray] | None = None  # [m, n_prompts], same prompt order
+    prompts: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_csv(cls, path: str | PathLike[str]) -> UtilityTable:
+        return cls.from_frame(pd.read_csv(path, dtype={"coalition": str, "prompt": str}))
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> UtilityTable:
+        """Columns: `coalition` (names joined by '+'), optional `prompt`, one numeric column per objective.
+
+        With a `prompt` column each row is one (coalition, prompt) and v(S) is the mean over prompts.
+        """
+        if "coalition" not in df.columns:
+            raise ValueError(f"utility table needs a 'coalition' column; found columns {list(df.columns)}")
+        objectives = tuple(str(c) for c in df.columns if c not in ("coalition", "prompt"))
+        if not objectives:
+            raise ValueError("utility table has no objective columns: add one numeric column per objective")
+        if df.empty:
+            raise ValueError("utility table has no rows")
+        numbers = df[list(objectives)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        if np.isnan(numbers).any():
+            row, col = np.argwhere(np.isnan(numbers))[0]
+            raw = df[objectives[col]].iloc[row]
+            what = "missing value" if pd.isna(raw) else f"non-numeric value {raw!r}"
+            raise ValueError(f"{what} in objective column {objectives[col]!r} (data row {row + 1})")
+
+        # number the distinct coalitions ('a+b' and 'b+a' are one) and prompts, row by row
+        texts = df["coalition"].fillna("").astype(str)
+        parsed = {text: parse_coalition(text) for text in texts.unique()}
+        coalitions = list(dict.fromkeys(parsed.values()))
+        index = {c: k for k, c in enumerate(coalitions)}
+        row_coalition = texts.map({text: index[c] for text, c in parsed.items()}).to_numpy()
+        has_prompts = "prompt" in df.columns
+        prompt_texts = df["prompt"].astype(str) if has_prompts else pd.Series("", index=df.index)
+        row_prompt, prompts = pd.factorize(prompt_texts, sort=True)
+        duplicated = pd.Series(row_coalition * len(prompts) + row_prompt).duplicated().to_numpy()
+        if duplicated.any():
+            i = int(np.argmax(duplicated))
+            where = f" for prompt {prompts[row_prompt[i]]!r}" if has_prompts else ""
+            raise ValueError(f"duplicate coalition {_describe(coalitions[row_coalition[i]])}{where} (data row {i + 1})")
+
+        # utilities on a grid [coalition, objective, prompt]; a hole is a prompt some coalition lacks
+        grid = np.full((len(coalitions), len(objectives), len(prompts)), np.nan)
+        grid[row_coalition, :, row_prompt] = numbers
+        holes = np.isnan(grid[:, 0, :])
+        if holes.any():
+            k = int(np.argmax(holes.any(1)))
+            lacking = [str(p) for p in prompts[holes[k]]]
+            raise ValueError(f"coalition {_describe(coalitions[k])} lacks prompts {lacking} that other coalitions have")
+        players = tuple(sorted(set().union(*coalitions)))
+        if not has_prompts:
+            return cls(players, objectives, {c: grid[k, :, 0] for k, c in enumerate(coalitions)})
+        per_prompt = {c: grid[k] for k, c in enumerate(coalitions)}
+        return cls(players, objectives, {c: u.mean(-1) for c, u in per_prompt.items()}, per_prompt,
+                   tuple(map(str, prompts)))
+
+    def __call__(self, coalition: Coalition) -> np.ndarray:
+        return _lookup(self.values, coalition)
+
+    def value(self, coalition: Coalition, objective: str) -> float:
+        return float(self(coalition)[self.objectives.index(objective)])
+
+    def prompt_values(self, coalition: Coalition) -> np.ndarray:
+        """Per-prompt utilities of a coalition, shape [m, n_prompts]."""
+        if self.per_prompt is None:
+            raise ValueError("utility table has no per-prompt values: give it a 'prompt' column")
+        return _lookup(self.per_prompt, coalition)
+
+    def missing_coalitions(self) -> list[Coalition]:
+        """Coalitions exact computation needs that the table lacks."""
+        return [c for c in all_coalitions(self.players) if c not in self.values]
+
+    def to_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(
+            [{"coalition": coalition_name(c), "size": len(c), **dict(zip(self.objectives, v.tolist()))}
+             for c, v in self.values.items()]
+        )
+        return df.sort_values(["size", "coalition"], ignore_index=True)

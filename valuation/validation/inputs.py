@@ -1,0 +1,123 @@
+"""What every experiment reads from the run (training pairs, held-out pairs), and the adapters the
+validation trains for itself, in <run>/validation/<folder>/adapters/ (the layout of adapters.py):
+
+    e1:a        source a alone, 1 epoch         e1:a+b      the pooled data of a and b
+    e1:a>b      b trained with e1:a merged into the weights (the second stage of sequential DPO)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from itertools import islice, zip_longest
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..adapters import adapter_dir, save_adapter, trained_sources
+from ..config import preset_config
+from ..models import prompt_ids, reply_ids
+from ..splits import part_of
+from ..training import PRESETS as TRAINING_PRESETS, TrainConfig, fit_adapter, source_seed
+from .settings import ValidationConfig, ValidationError, results_dir
+
+if TYPE_CHECKING:
+    from ..context import RunContext
+    from ..data import Messages, PreferencePair
+    from ..progress import Reporter
+
+
+@dataclass
+class HeldOut:
+    prompt_id: str
+    messages: Messages
+    chosen: list[int]  # token ids, cut to response_tokens
+    rejected: list[int]
+
+
+@dataclass
+class Inputs:
+    """What every experiment reads: the job's settings, the run's training pairs, two held-out sets.
+
+    `heldout`: short pairs of the split's eval part (prompts within the training cap, taken evenly
+    across sources), for comparing trained models: teacher-forced passes cost as many rows as models.
+    `evaluation`: the pairs behind the run's evaluation prompts, whatever their length, so that the
+    accuracy utility lines up, prompt by prompt, with the evaluation's utilities.
+    """
+
+    context: RunContext
+    config: ValidationConfig
+    training: TrainConfig  # the settings of every validation adapter
+    train: dict[str, list[PreferencePair]]
+    heldout: list[HeldOut]
+    evaluation: list[HeldOut]
+
+    @property
+    def folder(self) -> Path:
+        return results_dir(self.context.run, self.config.folder)
+
+    @property
+    def adapters(self) -> Path:
+        return self.folder / "adapters"
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.context.base.tokenizer
+
+
+def read_inputs(context: RunContext, config: ValidationConfig) -> Inputs:
+    training = preset_config(TrainConfig, TRAINING_PRESETS, config.training_preset)
+    tokenizer = context.base.tokenizer
+
+    def held_out(pair: PreferencePair) -> HeldOut:
+        chosen, rejected = (reply_ids(tokenizer, text)[:config.response_tokens] for text in (pair.chosen, pair.rejected))
+        return HeldOut(pair.pair_id, pair.prompt, chosen, rejected)
+
+    # The eval part is disjoint by prompt from every training pair (splits.py).
+    eval_part = {s: [p for p in context.data.pairs if p.source == s and part_of(p, context.config.data) == "eval"]
+                 for s in context.split.train}
+    per_source = -(-config.heldout_pairs // len(eval_part))  # ceil
+    short = [fitting_pairs(pairs, tokenizer, training.max_prompt_length, per_source) for pairs in eval_part.values()]
+    evenly = [p for row in zip_longest(*short) for p in row if p is not None][:config.heldout_pairs]
+    by_id = {pair.pair_id: pair for pair in context.data.pairs}
+    behind_prompts = [by_id[prompt.prompt_id] for prompt in context.split.eval_prompts]
+    heldout, evaluation = ([h for h in map(held_out, pairs) if h.chosen and h.rejected] for pairs in (evenly, behind_prompts))
+    if not heldout:
+        raise ValidationError(f"Run {context.run.name!r} has no eval-part pair whose prompt fits "
+                              f"{training.max_prompt_length} tokens: raise the eval fraction on the Sources page.")
+    return Inputs(context, config, training, context.split.train, heldout, evaluation)
+
+
+def fitting_pairs(pairs: list[PreferencePair], tokenizer: Any, max_prompt_length: int, count: int) -> list[PreferencePair]:
+    """The first `count` pairs whose prompt fits: exactly what training takes (training.select_pairs)."""
+    return list(islice((p for p in pairs if len(prompt_ids(tokenizer, p.prompt)) <= max_prompt_length), count))
+
+
+def adapter_name(epochs: float, members: str) -> str:
+    """'e1:a', 'e2:a>b', 'e0p5:a+b': epochs and what was trained (no '.', PEFT's module names forbid it)."""
+    return f"e{epochs:g}:{members}".replace(".", "p")
+
+
+def train_adapter(inputs: Inputs, name: str, pairs: list[PreferencePair], epochs: float, reporter: Reporter,
+                  below: Sequence[str] = ()) -> None:
+    """Train adapter `name` unless it exists; with `below`, on the base with those adapters merged in.
+
+    Sequential DPO: stage k is trained with the model of stages < k as its reference. Merging the
+    earlier adapters into the weights (merge_and_unload) makes that model the trainer's base, whose
+    adapter-off self is the reference: exactly what fit_adapter does on a fresh base.
+    """
+    from peft import PeftModel
+
+    if name in trained_sources(inputs.adapters):
+        return
+    loaded = inputs.context.fresh_model()
+    for stage in below:
+        loaded.model = PeftModel.from_pretrained(loaded.model, adapter_dir(inputs.adapters, stage)).merge_and_unload()
+    settings = replace(inputs.training, max_pairs=len(pairs), epochs=epochs)
+    model, record = fit_adapter(loaded, name, pairs, settings, source_seed(inputs.context.config.seed, name), reporter)
+    save_adapter(model, inputs.adapters, name, {**record, "merged_below": list(below)})
+    reporter.log(f"{name}: trained in {record['wall_time_s']:.0f}s, final loss {record['final']['loss']}")
+
+
+def responses_of(heldout: list[HeldOut]) -> list[tuple[Messages, list[int]]]:
+    """Each pair's two responses, chosen then rejected: what the scorer scores."""
+    return [(h.messages, reply) for h in heldout for reply in (h.chosen, h.rejected)]

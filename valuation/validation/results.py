@@ -1,0 +1,132 @@
+"""What the Validate page reads: the experiments' files turned into tables and headline numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..coalitions import coalition_name, parse_coalition
+from ..monte_carlo import bootstrap_intervals
+from ..runs import Run
+from ..shapley import exact_shapley
+from ..utility_table import UtilityTable
+from .accuracy import preference_utilities, read_utilities
+from .settings import accuracy_path
+
+
+def read_scored(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every scored comparison in a results folder: (scores, kls), each with kind and epochs columns."""
+    scores, kls = [], []
+    for path in sorted(folder.glob("*-e*.scores.csv")):
+        kind, epochs = path.name.removesuffix(".scores.csv").rsplit("-e", 1)
+        for frames, file in ((scores, path), (kls, path.with_name(path.name.replace(".scores.", ".kl.")))):
+            if file.exists():
+                frames.append(pd.read_csv(file).assign(kind=kind, epochs=float(epochs)))
+    return (pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(),
+            pd.concat(kls, ignore_index=True) if kls else pd.DataFrame())
+
+
+def model_utilities(scores: pd.DataFrame, beta: float) -> pd.DataFrame:
+    """Per (kind, epochs, model, prompt): preference accuracy and reward margin."""
+    frames = []
+    for (kind, epochs), group in scores.groupby(["kind", "epochs"]):
+        wide = group.pivot_table(index=["model", "prompt"], columns="response", values="log_likelihood").reset_index()
+        frames.append(preference_utilities(wide, beta).assign(kind=kind, epochs=epochs))
+    return pd.concat(frames, ignore_index=True)
+
+
+def comparisons(folder: Path, beta: float = 0.1) -> pd.DataFrame:
+    """One row per compared pair of models: KL per token both ways and the utility gaps.
+
+    reference -> model: KL(reference || model) and KL(model || reference), averaged over every
+    held-out response token; accuracy and margin of each, and model minus reference.
+    """
+    scores, kls = read_scored(folder)
+    if kls.empty:
+        return pd.DataFrame()
+    totals = kls.groupby(["kind", "epochs", "reference", "model"])[["kl", "tokens"]].sum()
+    per_token = (totals.kl / totals.tokens).rename("kl")
+    utilities = model_utilities(scores, beta).groupby(["kind", "epochs", "model"])[["preference_accuracy", "reward_margin"]].mean()
+    rows = []
+    for (kind, epochs, reference, model), forward in per_token.items():
+        if reference > model:  # each pair once: arithmetic before pooled and sequential, orders alphabetically
+            continue
+        ref, mod = utilities.loc[(kind, epochs, reference)], utilities.loc[(kind, epochs, model)]
+        rows.append({"kind": kind, "epochs": epochs, "coalition": reference.split(":")[1].replace(">", "+"),
+                     "reference": reference, "model": model,
+                     "kl_reference_model": forward, "kl_model_reference": per_token.get((kind, epochs, model, reference), np.nan),
+                     "accuracy_reference": ref.preference_accuracy, "accuracy_model": mod.preference_accuracy,
+                     "accuracy_gap": mod.preference_accuracy - ref.preference_accuracy,
+                     "margin_reference": ref.reward_margin, "margin_model": mod.reward_margin,
+                     "margin_gap": mod.reward_margin - ref.reward_margin})
+    return pd.DataFrame(rows)
+
+
+def method_shapley(folder: Path, beta: float = 0.1) -> pd.DataFrame:
+    """Exact Shapley values when v(S) for |S| >= 2 comes from arithmetic, sequential DPO (mean of the
+    orders) or pooled training, at the epochs the pooled comparison used; the base and the solo
+    adapters are shared by the three methods."""
+    scores, _ = read_scored(folder)
+    if scores.empty or "pooled" not in set(scores.kind):
+        return pd.DataFrame()
+    epochs = scores[scores.kind == "pooled"].epochs.min()
+    utilities = model_utilities(scores[scores.epochs == epochs], beta)
+    utilities = utilities.groupby(["model", "prompt"])[["preference_accuracy", "reward_margin"]].mean().reset_index()
+    parts = utilities.model.str.partition(":")  # method, ':', members
+    utilities["method"] = parts[0]
+    utilities["coalition"] = parts[2].str.replace(">", "+").map(lambda members: coalition_name(parse_coalition(members)))
+    columns = ["coalition", "prompt", "preference_accuracy", "reward_margin"]
+    shared = utilities.loc[utilities.method.isin(["base", "solo"]), columns]
+    frames = []
+    for name in ("arithmetic", "sequential", "pooled"):
+        own = utilities[utilities.method == name].groupby(["coalition", "prompt"])[columns[2:]].mean().reset_index()
+        table = UtilityTable.from_frame(pd.concat([shared, own]))
+        if own.empty or table.missing_coalitions():
+            continue
+        frames.append(exact_shapley(table.players, table, objectives=table.objectives).to_frame().assign(method=name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def accuracy_shapley(run: Run) -> pd.DataFrame:
+    """Shapley values of the run's sources under preference accuracy and reward margin, exact with
+    bootstrap intervals over held-out pairs; `solo` is v({i}) - v(empty), which the margin's Shapley
+    value should nearly equal (the margin is nearly additive across sources)."""
+    path = accuracy_path(run)
+    if not path.exists():
+        return pd.DataFrame()
+    table = UtilityTable.from_frame(read_utilities(path))
+    frame = bootstrap_intervals(table.players, table).to_frame()
+    empty = table(frozenset())
+    frame["solo"] = [table.value(frozenset([p]), o) - empty[table.objectives.index(o)]
+                     for o, p in zip(frame.objective, frame.player)]
+    return frame
+
+
+def scaling_summary(folder: Path) -> pd.DataFrame:
+    """Mean Monte Carlo error and rank agreement per sampling scheme and budget."""
+    path = folder / "scaling.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    errors = pd.read_csv(path)
+    return errors.groupby(["sampling", "permutations"])[["rmse", "relative", "max_abs", "spearman", "kendall"]].mean().reset_index()
+
+
+def summary(folder: Path) -> dict[str, Any]:
+    """The headline numbers of a results folder, for the page and the closing note."""
+    table = comparisons(folder)
+    out: dict[str, Any] = {}
+    if not table.empty:
+        gaps = ["kl_reference_model", "kl_model_reference", "accuracy_gap", "margin_gap"]
+        arith = table[table.reference.str.startswith("arithmetic")]
+        seq = arith[arith.model.str.startswith("sequential")]
+        out["sequential_vs_arithmetic_by_epochs"] = seq.groupby("epochs")[gaps].mean().reset_index().to_dict("records")
+        out["pooled_vs_arithmetic"] = arith[arith.model.str.startswith("pooled")][["epochs", "coalition", *gaps]].to_dict("records")
+        order = table[table.reference.str.startswith("sequential")]
+        out["order_invariance"] = order[["epochs", "coalition", *gaps]].to_dict("records")
+    scaling = scaling_summary(folder)
+    if not scaling.empty:
+        out["monte_carlo"] = scaling.to_dict("records")
+    return out

@@ -1,0 +1,74 @@
+"""The validation job's settings, its presets, and where its results live in a run."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, helped
+from ..errors import UserError
+from ..runs import Run
+
+EXPERIMENTS = ("sequential", "pooled", "epochs", "accuracy", "scaling")
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+
+
+class ValidationError(UserError):
+    """A validation that cannot run; the message says what to change."""
+
+
+@dataclass
+class ValidationConfig:
+    experiments: list[str] = helped(list(EXPERIMENTS), f"Experiments to run, of {', '.join(EXPERIMENTS)}.", setting=False)
+    sources: list[str] = helped([], "Sources of the training experiments (every coalition of two or more is compared); "
+                                    "empty: the run's first `n_sources`.", setting=False)
+    n_sources: int = helped(2, "Sources taken when none are named.", setting=False)
+    folder: str = helped("quick", "Results folder, <run>/validation/<folder>: results there are reused only with the "
+                                  "settings that made them.", setting=False)
+    training_preset: str = helped("quick", "Training settings of every validation adapter (the training presets).")
+    max_pairs: int = helped(16, "Training pairs per source; a pooled adapter trains on its members' pairs together.")
+    epochs: list[float] = helped([1.0, 2.0, 4.0], "Epochs of the convergence ablation; the first is also used by "
+                                                  "the sequential and pooled comparisons.")
+    heldout_pairs: int = helped(32, "Held-out pairs (eval part, prompts within the training length cap) on which trained "
+                                    "models are compared.")
+    response_tokens: int = helped(48, "Held-out responses are cut to this many tokens for teacher-forced scoring.")
+    scaling_players: int = helped(8, "Sources of the scaling game: each run source cut into equal parts by a seeded hash.")
+    scaling_pairs: int = helped(8, "Training pairs per scaling source (1 epoch).")
+    permutations: list[int] = helped([100, 500, 1000], "Monte Carlo budgets (permutations) compared with exact Shapley.")
+    repeats: int = helped(20, "Monte Carlo runs per budget, with different seeds: errors are averaged over them.")
+
+    def validate(self) -> None:
+        unknown = [e for e in self.experiments if e not in EXPERIMENTS]
+        if unknown or not self.experiments:
+            raise ConfigError(f"validation.experiments={self.experiments}: choose from {', '.join(EXPERIMENTS)}.")
+        if not FOLDER_NAME.match(self.folder):
+            raise ConfigError(f"validation.folder={self.folder!r}: use a plain name (letters, digits, '_' or '-').")
+        if len(self.sources) == 1 or (not self.sources and self.n_sources < 2):
+            raise ConfigError("validation needs at least 2 sources to form a coalition: name two or more, or none.")
+        if not self.epochs or min(self.epochs) <= 0:
+            raise ConfigError("validation.epochs must list positive numbers of epochs, e.g. 1 2 4.")
+        if min(self.max_pairs, self.heldout_pairs, self.response_tokens, self.scaling_pairs, self.repeats, self.scaling_players) < 1:
+            raise ConfigError("validation counts (pairs, tokens, players, repeats) must be at least 1.")
+        if not self.permutations or min(self.permutations) < 2:
+            raise ConfigError("validation.permutations must list budgets of at least 2 permutations.")
+
+
+# `quick`: one working session on 2 CPU cores (2 sources, 16 pairs, epochs 1/2/4, 8 scaling sources of 8 pairs;
+# measured: 55 minutes on 2 cores shared with a training and an evaluation job, a relaunch of a finished one 6 s).
+# `gpu`: 3 sources (Shapley over sequential and pooled coalitions too), longer training, epochs to 8.
+PRESETS: dict[str, ValidationConfig] = {
+    "quick": ValidationConfig(),
+    "gpu": ValidationConfig(n_sources=3, folder="gpu", training_preset="paper", max_pairs=256, epochs=[1.0, 2.0, 4.0, 8.0],
+                            response_tokens=128, scaling_pairs=128, repeats=50),
+}
+
+
+def results_dir(run: Run, folder: str) -> Path:
+    """<run>/validation/<folder>: one config's results and its own adapters."""
+    return run.path / "validation" / folder
+
+
+def accuracy_path(run: Run) -> Path:
+    """The accuracy experiment's table: it depends on the run's adapters only, so one per run."""
+    return run.path / "validation" / "accuracy_utilities.csv"
