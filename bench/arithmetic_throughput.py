@@ -41,7 +41,8 @@ from valuation.arithmetic import (  # noqa: E402
 )
 from valuation.coalitions import BASE, all_coalitions, formula_terms  # noqa: E402
 from valuation.config import ModelConfig  # noqa: E402
-from valuation.models import load_model, prompt_ids  # noqa: E402
+from valuation.models import load_model  # noqa: E402
+from valuation.tokens import prompt_ids  # noqa: E402
 
 PROMPTS = [
     "What is a good way to learn to cook?",

@@ -39,7 +39,7 @@ from valuation.runs import Run, create_run  # noqa: E402
 from valuation.sources import record_sources  # noqa: E402
 from valuation.synthetic import save_random_adapters  # noqa: E402
 from valuation.validation.scaling import rank_correlations  # noqa: E402
-from valuation.values import estimation, load_run_utilities, value_sources  # noqa: E402
+from valuation.values import estimation, load_run_utilities, run_valuation_config, value_sources  # noqa: E402
 
 TOPICS = ["garden", "kitchen", "travel", "money", "health", "music", "school", "sport", "code", "films", "books",
           "pets", "cars", "weather", "games", "art"]
@@ -114,10 +114,10 @@ def pooled_only(root: Path, n: int, prompts: int, tokens: int, per_anchor: int) 
     run_job(run, "rewards", RewardJobConfig())
     started = time.monotonic()
     run_job(run, "evaluate", EvaluationConfig(prompts=prompts, max_new_tokens=tokens, pool_per_anchor=per_anchor,
-                                              method="exact", ess_floor=0))
+                                              ess_floor=0))  # auto: every coalition, pooled, up to 16 sources
     evaluated = time.monotonic() - started
     started = time.monotonic()
-    valuation = value_sources(load_run_utilities(run))
+    valuation = value_sources(load_run_utilities(run), run_valuation_config(run))
     return {"n": n, "coalitions": 2 ** n, "pooled evaluation s": evaluated,
             "exact Shapley with bootstrap s": time.monotonic() - started, "method": valuation.shapley.method}
 

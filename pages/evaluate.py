@@ -94,7 +94,7 @@ drawn = (f"{settings.samples} samples of each" if settings.estimator == "direct"
          f"one pool of {cost.reward_calls // settings.prompts} responses from {len(anchor_coalitions(sources))} anchor "
          "coalitions")
 st.markdown(f"**{len(coalitions)} coalitions** ({method}, {settings.estimator}) × {settings.prompts} prompts, "
-            f"{drawn}: about **{minutes:.0f} minutes** of generation on this machine, plus {cost.reward_calls} reward "
+            f"{drawn}: about **{minutes:.0f} minutes** of model passes on this machine, plus {cost.reward_calls} reward "
             "calls per reward model" + (f" and {cost.scored_responses} teacher-forced scorings" if cost.scored_responses else "")
             + ("" if not reward_accuracies(run).empty else ", plus training the reward models (about 10 minutes, once)") + ".")
 if method == "exact" and minutes > BUDGET_MINUTES:

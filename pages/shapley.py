@@ -17,6 +17,7 @@ from plotly.colors import hex_to_rgb
 from pages.ui import chart, colors, require_run, show_user_error
 from valuation.coalitions import EXACT_MAX_PLAYERS
 from valuation.errors import UserError
+from valuation.preference import read_verdicts
 from valuation.rewards import reward_accuracies
 from valuation.utility_table import UtilityTable
 from valuation.values import (
@@ -33,7 +34,8 @@ from valuation.values import (
 
 
 TARGET_LABELS = {"direct": "direct sampling of every coalition", "token": "pooled, token-level target",
-                 "sequence": "pooled, sequence-level target"}
+                 "sequence": "pooled, sequence-level target",
+                 "preference": "held-out preference pairs (no reward model)"}
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading coalition utilities…")
@@ -42,9 +44,9 @@ def cached_utilities(path: str, modified: float) -> UtilityTable:
     return load_utilities(path)
 
 
-def bars_figure(valuation: Valuation) -> go.Figure:
-    return px.bar(valuation.values_frame(), x="player", y="value", color="objective", barmode="group",
-                  error_y="plus", error_y_minus="minus", color_discrete_map=colors(valuation.objectives),
+def bars_figure(valuation: Valuation, objectives: list[str]) -> go.Figure:
+    return px.bar(valuation.values_frame().query("objective in @objectives"), x="player", y="value", color="objective",
+                  barmode="group", error_y="plus", error_y_minus="minus", color_discrete_map=colors(valuation.objectives),
                   labels={"player": "source", "value": "Shapley value"})
 
 
@@ -113,7 +115,9 @@ if not tables:
 target = st.radio("Target", list(tables), horizontal=True, format_func=TARGET_LABELS.get,
                   help="Pooled evaluations value every coalition from one pool of responses, under two targets: the "
                        "token-level arithmetic model (what the sampler and the Playground sample) and DPO's "
-                       "sequence-level product of experts (the theory's exact form).")
+                       "sequence-level product of experts (the theory's exact form). Held-out preference pairs need "
+                       "no reward model: how often each coalition prefers the chosen reply more than the base does "
+                       "(preference accuracy), and by how much (the implicit reward margin), exact from the adapters.")
 path = tables[target]
 try:
     table = cached_utilities(str(path), path.stat().st_mtime)
@@ -168,12 +172,30 @@ st.caption(f"Method: {valuation.shapley.method}.")
 
 # --- Values by reward model --------------------------------------------------------------------
 st.subheader("Value of each source, by reward model")
-chart(bars_figure(valuation))
+# A reward model at chance measures noise: its values (and a mix that includes them) are said, not drawn.
+at_chance = set(accuracies[accuracies.near_chance].objective) if not accuracies.empty else set()
+if at_chance & set(base_objectives[:2]) and "combined" in valuation.objectives:
+    at_chance.add("combined")
+drawn = [o for o in valuation.objectives if o not in at_chance]
+if drawn:
+    chart(bars_figure(valuation, drawn))
+for objective in sorted(at_chance & set(valuation.objectives)):
+    st.info(f"{objective}: not drawn. Its reward model is at chance on held-out pairs (or the objective mixes one "
+            "in), so its Shapley values would be noise dressed as findings; read the other objectives, or train a "
+            "better reward model (more pairs, a hub model).", icon=":material/block:")
 unclear = not_distinguishable(valuation)
 if unclear:
     st.warning(f"Not distinguishable from no effect (the {confidence:.0%} interval includes 0): {', '.join(unclear)}.")
 if not valuation.has_intervals:
     st.caption("No intervals: the table has one utility per coalition. Per-prompt utilities give bootstrap intervals.")
+else:
+    st.caption("The intervals cover the spread over prompts only: each source has one adapter (one training seed), so "
+               "training noise is not in them.")
+verdicts = read_verdicts(run)
+unlearned = verdicts[verdicts.verdict != "learned"] if not verdicts.empty else verdicts
+if not unlearned.empty:
+    st.warning("Adapters indistinguishable from the base on held-out pairs (see Training): "
+               + ", ".join(unlearned.source) + ". Their values say more about training noise than about their data.")
 with st.expander("Banzhaf values beside Shapley"):
     if valuation.banzhaf is None:
         st.caption("Banzhaf values need every coalition of at most "
@@ -216,7 +238,7 @@ if valuation.shapley.convergence is not None:
     chart(convergence_figure(valuation, objective))
 
 # --- How the pooled evaluation estimated each coalition -----------------------------------------
-if not estimated.empty:
+if target in set(estimated.target):
     st.subheader("How each coalition was estimated")
     shown = estimated[estimated.target == target].assign(coalition=lambda f: f.coalition.replace("", "∅ (base)"))
     direct = shown[shown.estimator == "direct"].coalition.tolist()

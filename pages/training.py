@@ -12,9 +12,11 @@ import streamlit as st
 from pages.ui import cached_preferences, chart, job_panel, require_run, show_user_error
 from valuation.adapters import trained_sources
 from valuation.config import field_help
+from valuation.demo import DEMO_NAME
 from valuation.errors import UserError
 from valuation.background import JobStatus, job_status
 from valuation.jobs import job_config, launch
+from valuation.preference import read_verdicts
 from valuation.training import PRESETS, TrainConfig, adapter_table, source_progress, training_curves
 
 MAIN_SETTINGS = ("max_pairs", "epochs", "learning_rate", "batch_size", "max_length", "max_prompt_length")
@@ -83,7 +85,10 @@ def training_progress(status: JobStatus | None) -> None:
 
 
 st.subheader("Job")
-job_panel(run, "train", details=training_progress)
+came_with = ("These are the shipped demo's adapters, trained by `python -m valuation demo` (quick preset) before "
+             "this project was packaged: their curves are below." if run.name == DEMO_NAME else
+             "These adapters were trained before this run's last job record: their curves are below.")
+job_panel(run, "train", details=training_progress, no_job=came_with if trained_sources(run) else None)
 
 # --- What is trained -------------------------------------------------------------------------------
 st.subheader("Trained adapters")
@@ -92,3 +97,18 @@ if table.empty:
     st.caption("None yet.")
 else:
     st.dataframe(table, hide_index=True)
+
+verdicts = read_verdicts(run)
+if not verdicts.empty:
+    st.subheader("Did each adapter learn?")
+    st.caption("On held-out pairs of its own source (never trained on): the implicit reward margin against the base "
+               "(β × how much more the adapter prefers the chosen reply than the base does) and how often it is "
+               "positive, with 95% intervals. Read the Shapley values of an adapter only once it has learned.")
+    st.dataframe(verdicts, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in verdicts.columns if c not in ("source", "pairs", "verdict")})
+    unlearned = verdicts[verdicts.verdict != "learned"]
+    if not unlearned.empty:
+        st.warning("Not distinguishable from the base model on held-out pairs: "
+                   + ", ".join(f"{r.source} ({r.verdict})" for r in unlearned.itertuples())
+                   + ". Their Shapley values say more about training noise than about their data: train longer or on "
+                     "more pairs.")

@@ -169,10 +169,12 @@ STATE_BADGES = {"queued": ("blue", "hourglass_empty"), "running": ("orange", "pr
                 "done": ("green", "check_circle"), "failed": ("red", "error"), "cancelled": ("gray", "cancel")}
 
 
-def job_panel(run: Run, kind: str, details: Callable[[JobStatus | None], None] | None = None, every: float = 2.0) -> None:
+def job_panel(run: Run, kind: str, details: Callable[[JobStatus | None], None] | None = None, every: float = 2.0,
+              no_job: str | None = None) -> None:
     """The run's background job of this kind: its state, a Cancel button, its error and log tail,
     polled every `every` seconds while it is active. `details` draws kind-specific progress (it is
-    called with None when the run has no job of this kind); without it, the latest stage's bar."""
+    called with None when the run has no job of this kind); without it, the latest stage's bar.
+    `no_job` says what to say when the run has had no such job here."""
     active_at_load = (first := job_status(run)) is not None and first.active
 
     @st.fragment(run_every=every if active_at_load else None)
@@ -185,7 +187,7 @@ def job_panel(run: Run, kind: str, details: Callable[[JobStatus | None], None] |
                 st.info(f"A {status.kind} job is running on this run; a {kind} job can start when it ends.")
             status = None
         if status is None:
-            st.caption(f"No {kind} job has run on this run yet.")
+            st.caption(no_job or f"No {kind} job has run on this run yet.")
         else:
             color, icon = STATE_BADGES[status.state]
             left, right = st.columns([4, 1])

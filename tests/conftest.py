@@ -111,7 +111,7 @@ def write_sampled_evaluation(run_dir: Path, sources: list[str], permutations: in
     from valuation.game import EvaluationConfig, coalitions_to_evaluate
     from valuation.values import evaluation_settings_path
 
-    config = EvaluationConfig(permutations=permutations, seed=seed)
+    config = EvaluationConfig(estimator="direct", permutations=permutations, seed=seed)
     worth = {source: i + 1.0 for i, source in enumerate(sources)}
     frame = pd.DataFrame([{"coalition": coalition_name(c), "quality": sum(worth[s] for s in c)}
                           for c in coalitions_to_evaluate(sources, config)])

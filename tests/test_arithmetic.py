@@ -23,7 +23,8 @@ from valuation.arithmetic import (
 from valuation.coalitions import all_coalitions
 from valuation.config import ModelConfig
 from valuation.merging import merged_coalition_adapter
-from valuation.models import load_model, prompt_ids
+from valuation.models import load_model
+from valuation.tokens import prompt_ids
 
 SOURCES = [f"s{i}" for i in range(10)]
 PROMPTS = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -10,7 +11,7 @@ from valuation.config import ConfigError, RewardConfig, RewardObjective
 from valuation.game import EvaluationConfig, EvaluationError, coalitions_to_evaluate
 from valuation.samples import evaluation_dir, load_samples
 from valuation.jobs import launch, run_job
-from valuation.values import load_run_utilities, value_sources
+from valuation.values import load_run_utilities, target_tables, value_sources
 
 SOURCES = ["harmless-base", "helpful-base"]
 
@@ -54,10 +55,13 @@ def test_common_random_numbers_same_prompts_and_seeds_for_every_coalition(tmp_pa
 
 def test_monte_carlo_evaluates_the_coalitions_the_estimator_will_ask_for():
     sources = [f"s{i}" for i in range(14)]
-    config = EvaluationConfig(method="auto", permutations=10)
+    config = EvaluationConfig(estimator="direct", method="auto", permutations=10)
     coalitions = coalitions_to_evaluate(sources, config)
     assert frozenset() in coalitions and frozenset(sources) in coalitions
     assert len(coalitions) < 2 ** 14 and len(coalitions) <= 10 * 14 + 1
+    # Pooled, a coalition costs n numbers a response: every one of them is valued up to 16 sources.
+    assert len(coalitions_to_evaluate(sources, EvaluationConfig(permutations=10))) == 2 ** 14
+    assert EvaluationConfig().resolved_method(17) == "permutation"
 
 
 def test_evaluation_needs_trained_adapters(tmp_path):
@@ -115,6 +119,10 @@ def test_pooled_evaluation_values_every_coalition_from_one_pool_and_resumes(tmp_
     assert ((estimation.ess_min >= 1 - 1e-9) & (estimation.ess_mean <= 12 + 1e-9)).all()  # 1 <= ESS <= M
     sequence = pd.read_csv(evaluation_dir(run) / "utilities-sequence.csv", keep_default_na=False)
     assert len(sequence) == len(table) and value_sources(load_run_utilities(run)).players == tuple(sorted(SOURCES))
+    assert list(target_tables(run)) == ["token", "sequence", "preference"]  # reward-free utilities on every run
+    preference = load_run_utilities(run, "preference")
+    assert preference.objectives == ("preference_accuracy", "reward_margin") and len(preference.prompts) == 4
+    assert preference.value(frozenset(), "preference_accuracy") == 0.5  # the base against itself: ties
 
     stamps = {p: p.stat().st_mtime_ns for p in (evaluation_dir(run) / "weights").rglob("chunk-*.json")}
     run_job(run, "evaluate", config)  # resumes: nothing sampled or weighed again
@@ -141,3 +149,35 @@ def test_pooled_needs_the_untruncated_model():
     with pytest.raises(ConfigError, match="top_p"):
         EvaluationConfig(top_p=0.9).validate()
     EvaluationConfig(estimator="direct", top_p=0.9).validate()
+
+
+def test_the_cost_model_counts_what_each_estimator_pays():
+    from valuation.game import TYPICAL_PROMPT_TOKENS, evaluation_cost
+
+    sources = ["a", "b", "c", "d"]
+    coalitions = coalitions_to_evaluate(sources, EvaluationConfig())
+    direct = evaluation_cost(sources, coalitions, EvaluationConfig(estimator="direct", prompts=3, samples=2,
+                                                                   max_new_tokens=10))
+    # Per (prompt, sample): 1 (base) + 4 (singletons) + 6 x 3 + 4 x 4 + 5 = 44 rows, not sum(|S| + 1) = 48.
+    assert direct.decode_row_tokens == 44 * 2 * 3 * 10 and direct.reward_calls == 16 * 2 * 3
+    pooled = evaluation_cost(sources, coalitions, EvaluationConfig(prompts=3, pool_per_anchor=4, max_new_tokens=10))
+    # Anchors: the base, 4 singletons (1 row each) and all four (5 rows): 10 rows per draw, 6 responses.
+    assert pooled.decode_row_tokens == 10 * 4 * 3 * 10 and pooled.reward_calls == 6 * 4 * 3
+    assert pooled.teacher_forced_tokens == 6 * 4 * 3 * 5 * (TYPICAL_PROMPT_TOKENS + 10)  # every response, 5 models
+
+
+def test_beyond_the_token_level_limit_only_the_sequence_level_is_weighed(tmp_path, monkeypatch):
+    import valuation.estimators as estimators
+
+    import valuation.preference as preference
+
+    for module in (estimators, preference):
+        monkeypatch.setattr(module, "TOKEN_LEVEL_MAX_PLAYERS", 1)  # as if two sources were too many
+    run = random_adapter_run(tmp_path, "sequence", SOURCES, rewards=REWARDS, eval_prompts=4)
+    run_job(run, "evaluate", EvaluationConfig(prompts=1, pool_per_anchor=2, max_new_tokens=3, ess_floor=0))
+    assert list(target_tables(run)) == ["sequence", "preference"]
+    assert len(pd.read_csv(evaluation_dir(run) / "utilities.csv", keep_default_na=False)) == 4
+    # Under the product of experts the implicit reward margin adds up exactly across sources.
+    margins = load_run_utilities(run, "preference")
+    both, alone = frozenset(SOURCES), [frozenset([s]) for s in SOURCES]
+    np.testing.assert_allclose(margins.per_prompt[both][1], sum(margins.per_prompt[c][1] for c in alone), atol=1e-5)  # 6 digits in the CSV

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from valuation.config import ConfigError, ModelConfig
-from valuation.models import ModelLoadError, chat_prompt, load_model, pick_dtype
+from valuation.models import ModelLoadError, load_model, pick_dtype
+from valuation.tokens import chat_prompt
 
 
 def test_tiny_model_is_identical_across_loads_and_uses_the_chat_template():

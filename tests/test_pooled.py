@@ -111,7 +111,6 @@ def test_pooled_estimates_converge_to_the_exact_expected_reward(small, temperatu
             table = estimates[target].set_index("coalition")
             errors[target, per_anchor] = max(abs(table.loc[c, "reward"] - v) for c, v in exact[target].items())
             assert (table.ess >= 1 - 1e-9).all() and (table.ess <= 5 * per_anchor + 1e-9).all()
-    print({k: round(v, 4) for k, v in errors.items()})
     for target in ("token", "sequence"):
         assert errors[target, 512] < errors[target, 8]
         assert errors[target, 512] < 0.12  # about 3 standard errors at 2,560 draws

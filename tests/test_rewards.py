@@ -10,7 +10,8 @@ import torch
 
 from valuation.config import ConfigError, DataConfig, ModelConfig, RewardConfig, RewardObjective, RunConfig
 from valuation.context import RunContext
-from valuation.models import chat_prompt, load_model, load_tokenizer, prompt_ids, reply_ids, tiny_model_dir
+from valuation.models import load_model, load_tokenizer, tiny_model_dir
+from valuation.tokens import chat_prompt, prompt_ids, reply_ids
 from valuation.progress import Reporter, read_progress
 from valuation.reward_models import BradleyTerryHead, FeatureExtractor, HubRewardModel, RewardError, cut_left
 from valuation.rewards import (

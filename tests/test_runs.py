@@ -75,3 +75,12 @@ def test_an_upload_is_kept_in_the_run_written_atomically_once(tmp_path, monkeypa
     except KeyboardInterrupt:
         pass
     assert path.read_bytes() == b"first" and [p.name for p in path.parent.iterdir()] == ["pairs.jsonl"]
+
+
+@pytest.mark.parametrize("command", ["sources", "train", "rewards", "evaluate", "validate", "shapley", "demo"])
+def test_every_command_explains_itself(command, capsys) -> None:
+    from valuation import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, "--help"])
+    assert stopped.value.code == 0 and "--" in capsys.readouterr().out

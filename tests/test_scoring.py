@@ -12,7 +12,8 @@ from conftest import random_adapter_run
 from valuation.adapters import adapter_dir, load_adapters
 from valuation.coalitions import BASE, all_coalitions, formula_terms
 from valuation.config import ModelConfig
-from valuation.models import load_model, prompt_ids, reply_ids
+from valuation.models import load_model
+from valuation.tokens import prompt_ids, reply_ids
 from valuation.scoring import ScoringError, score_coalitions, score_variants, variant_log_likelihoods
 
 SOURCES = ["harmless-base", "helpful-base", "helpful-online"]

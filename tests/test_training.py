@@ -15,6 +15,7 @@ from valuation.adapters import AdapterError, adapter_dir, check_compatible, load
 from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from valuation.background import job_status, read_job, wait_for_job
 from valuation.jobs import command, job_config, launch
+from valuation.preference import judged, read_verdicts
 from valuation.runs import Run, create_run
 from valuation.sources import record_sources
 from valuation.training import PRESETS, TrainConfig, select_pairs, source_progress, source_seed, training_curves
@@ -92,6 +93,11 @@ def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     assert {"stage", "done", "total", "loss", "accuracy", "margin", "eta"} <= set(steps[0])
     assert set(training_curves(run, status.events).source) == set(SOURCES)
 
+    verdicts = read_verdicts(run).set_index("source")  # did each adapter learn? judged on held-out pairs
+    assert list(verdicts.index) == SOURCES and (verdicts.pairs > 0).all()
+    assert set(verdicts.verdict) <= {"learned", "learned the opposite", "indistinguishable from the base"}
+    assert ((verdicts.margin_lower <= verdicts.margin) & (verdicts.margin <= verdicts.margin_upper)).all()
+
     record = json.loads((adapter_dir(run, "helpful-base") / "training.json").read_text())
     assert record["beta"] == 0.1 and record["base_model"] == "tiny"
     assert record["seed"] == source_seed(0, "helpful-base")
@@ -151,3 +157,13 @@ def test_adapters_with_another_beta_or_base_are_refused() -> None:
 def test_presets_are_valid() -> None:
     for name, preset in PRESETS.items():
         preset.validate()
+
+
+def test_a_verdict_says_learned_only_when_the_margin_interval_is_above_zero() -> None:
+    import numpy as np
+
+    assert judged(np.array([0.3, 0.5, 0.4, 0.6]))["verdict"] == "learned"
+    assert judged(np.array([-0.3, -0.5, -0.4, -0.6]))["verdict"] == "learned the opposite"
+    noise = judged(np.array([0.3, -0.5, 0.4, -0.2]))
+    assert noise["verdict"] == "indistinguishable from the base" and noise["accuracy"] == 0.5
+    assert noise["accuracy_lower"] < 0.5 < noise["accuracy_upper"]

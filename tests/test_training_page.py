@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP
@@ -89,3 +90,16 @@ def test_trained_adapters_are_listed_with_their_curves(runs_dir) -> None:
     assert list(at.dataframe[0].value.source) == SOURCES
     assert len(at.get("plotly_chart")) == 2  # saved curves, with no job in sight
     assert any("Already trained" in c.value for c in at.caption)
+    assert any("trained before this run's last job record" in c.value for c in at.caption)
+    assert not any("No train job has run" in c.value for c in at.caption)  # the adapters say where they came from
+
+
+def test_the_demo_run_says_its_adapters_are_the_shipped_ones(runs_dir) -> None:
+    from valuation.demo import DEMO_SOURCE, install_demo
+
+    if not (DEMO_SOURCE / "config.yaml").exists():
+        pytest.skip("no demo run shipped")
+    install_demo(runs_dir)
+    at = open_page("demo")
+    assert not at.exception
+    assert any("shipped demo's adapters" in c.value for c in at.caption)

@@ -37,11 +37,10 @@ from valuation.training import PRESETS as TRAINING_PRESETS, TrainConfig
 from valuation.utility_table import UtilityTable
 from valuation.validation import (PRESETS, ValidationConfig, ValidationError, accuracy_path, comparisons,
                                   current_experiment, method_shapley, results_dir, run_validate, summary)
-from valuation.validation.accuracy import preference_utilities
-from valuation.validation.inputs import Inputs, read_inputs, responses_of, train_adapter
+from valuation.preference import preference_utilities, responses_of
+from valuation.validation.inputs import Inputs, read_inputs, train_adapter
 from valuation.validation.scaling import monte_carlo_errors, rank_correlations
 from valuation.validation.trained import compare_trained
-from valuation.values import utilities_path
 
 SOURCES = ["harmless-base", "helpful-base"]
 H, K = SOURCES
@@ -159,10 +158,6 @@ def test_a_sequential_stage_trains_on_the_model_with_the_earlier_stage_merged_in
 def test_the_accuracy_utility_ties_half_for_the_base_and_matches_direct_scores(run, reporter) -> None:
     context = RunContext.open(run)
     prompts = [p.prompt_id for p in context.split.eval_prompts]
-    evaluation = pd.DataFrame([{"coalition": c, "prompt": p, "quality": 1.0} for c in ["", H, K, f"{K}+{H}"] for p in prompts])
-    utilities_path(run).parent.mkdir(parents=True, exist_ok=True)
-    evaluation.to_csv(utilities_path(run), index=False)
-
     config = replace(TINY, experiments=["accuracy"])
     assert run_validate(context, config, reporter) == [accuracy_path(run)]
     table = pd.read_csv(accuracy_path(run), dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
@@ -180,10 +175,17 @@ def test_the_accuracy_utility_ties_half_for_the_base_and_matches_direct_scores(r
         assert row.preference_accuracy == direct.loc[(K, prompt)].preference_accuracy
         assert row.reward_margin == pytest.approx(direct.loc[(K, prompt)].reward_margin, abs=1e-4)
 
-    merged = pd.read_csv(utilities_path(run), dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
-    keyed = table.set_index(["coalition", "prompt"]).preference_accuracy
-    both = merged[merged.coalition == f"{K}+{H}"]  # the evaluation's spelling of a coalition does not matter
-    assert list(both.preference_accuracy) == [keyed[coalition_name([H, K]), p] for p in both.prompt]
+    # The evaluate job writes the same reward-free utility for the Shapley page, from the same pairs.
+    from valuation.preference import evaluate_preferences
+
+    loaded = load_model(ModelConfig(name="tiny"))
+    context.base = loaded
+    path = evaluate_preferences(context, load_adapters(loaded, run), config.response_tokens, reporter)
+    evaluated = pd.read_csv(path, dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
+    pd.testing.assert_frame_equal(evaluated, table)
+    stamp = path.stat().st_mtime_ns
+    evaluate_preferences(context, context.base.model, config.response_tokens, reporter)  # unchanged: kept
+    assert path.stat().st_mtime_ns == stamp
 
 
 def test_results_are_reused_only_with_their_settings(tmp_path, run, reporter) -> None:

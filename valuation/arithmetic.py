@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from .coalitions import Coalition, decode_rows, formula_terms
 from .config import helped
 from .errors import UserError
-from .models import prompt_ids
+from .tokens import prompt_ids
 
 MODEL_LOCK = threading.Lock()  # held for every forward pass and every change to the adapters
 

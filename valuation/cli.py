@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m valuation", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, kind in JOBS.items():
-        sub = commands.add_parser(name, help=kind.summary, description=kind.summary)
+        sub = commands.add_parser(name, help=kind.summary.replace("%", "%%"), description=kind.summary)
         sub.add_argument("--run", required=True, help="The run directory (runs/NAME).")
         sub.add_argument("--preset", choices=list(kind.presets), default=kind.default_preset,
                          help="Starting settings; the flags below override them.")

@@ -17,6 +17,9 @@ Coalition = frozenset[str]
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch: the base model pi_0
 EXACT_MAX_PLAYERS = 12  # up to here every one of the 2^n coalitions is evaluated; beyond, a permutation sample
+# Up to here a coalition's exact log-likelihood under the token-level arithmetic model is computed for
+# every coalition (a vocabulary logsumexp per coalition and token); beyond, only the sequence level.
+TOKEN_LEVEL_MAX_PLAYERS = 8
 # A computational cap, not a choice: past it 2^n coalitions (and the 2^n x n weights of exact
 # Shapley, 168 MB at n = 20) are too many to enumerate at all.
 ENUMERABLE_MAX_PLAYERS = 20

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .coalitions import Coalition, coalition_name
+from .coalitions import BASE, TOKEN_LEVEL_MAX_PLAYERS, Coalition, coalition_name
 from .config import to_dict
-from .coalitions import BASE
 from .pooled import anchor_coalitions, membership, proposal_log_density, sequence_utilities, weighted_utilities
 from .runs import Run
 from .samples import SampleSet, evaluation_dir, mean_rewards, samples_key
@@ -31,13 +30,10 @@ if TYPE_CHECKING:
     from .arithmetic import SamplingSettings
     from .context import RunContext
     from .game import EvaluationConfig
-    from .progress import Reporter
     from .data import Messages
+    from .progress import Reporter
     from .reward_models import RewardModel
     from .splits import EvalPrompt
-
-TOKEN_TARGET_MAX_PLAYERS = 8  # beyond, a vocabulary logsumexp per coalition and token is too slow: sequence only
-
 
 def chunks_of(prompts: list[EvalPrompt], config: EvaluationConfig) -> list[list[int]]:
     return [list(range(i, min(i + config.chunk_prompts, len(prompts)))) for i in range(0, len(prompts), config.chunk_prompts)]
@@ -103,7 +99,7 @@ def evaluate_pooled(context: RunContext, model, config: EvaluationConfig, prompt
 
     sources, objectives = context.sources, list(rewards)
     anchors, sampling = anchor_coalitions(sources), config.sampling()
-    token_level = len(sources) <= TOKEN_TARGET_MAX_PLAYERS
+    token_level = len(sources) <= TOKEN_LEVEL_MAX_PLAYERS
     store = SampleSet(context.run, samples_key(context.base.name, {s: read_record(context.run, s) for s in sources},
                                                prompts, {
         "estimator": "pooled",
@@ -119,9 +115,10 @@ def evaluate_pooled(context: RunContext, model, config: EvaluationConfig, prompt
                      rewards)
         weights = pool_log_likelihoods(store, index, model, context, {p.prompt_id: p.messages for p in prompts},
                                        anchors, coalitions if token_level else [], config, reporter)
-        for target, table in pool_utilities(store.frame(index, objectives), weights, sources, anchors, coalitions,
-                                            objectives, config.temperature).items():
-            weighed[target].append(table)
+        estimates = pool_utilities(store.frame(index, objectives), weights, sources, anchors, coalitions, objectives,
+                                   config.temperature)
+        for target, tables in weighed.items():  # (the anchors alone may cover every coalition's token level too)
+            tables.append(estimates[target])
         write_pooled(context.run, weighed, primary, objectives, config.ess_floor, fallback=pd.DataFrame())
     ess = pd.concat(weighed[primary]).groupby("coalition", sort=False).ess.mean()
     poor = [c for c in coalitions if ess[coalition_name(c)] < config.ess_floor]
@@ -192,7 +189,7 @@ def pool_utilities(frame: pd.DataFrame, weights: dict[str, dict[str, list[float]
 
         log_q = proposal_log_density(read("token", [coalition_name(a) for a in anchors]))
         estimates = {"sequence": sequence_utilities(read("model", [BASE, *sources]), members, log_q, rewards, temperature)}
-        if names[0] in weights["token"]:
+        if set(names) <= set(weights["token"]):  # weighed under every coalition's token-level target
             estimates["token"] = weighted_utilities(read("token", names), log_q, rewards)
         for target, (utilities, ess) in estimates.items():
             table = pd.DataFrame(utilities, columns=objectives)

@@ -22,7 +22,7 @@ def flag(name: str) -> str:
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        kind, help = hints[field.name], field.metadata.get("help", "")
+        kind, help = hints[field.name], field.metadata.get("help", "").replace("%", "%%")  # argparse formats help
         if kind is bool:
             parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help)
         elif typing.get_origin(kind) is list:

@@ -16,6 +16,7 @@ The evaluate job is a plain function from a config and the run's files to more f
     <run>/evaluation/utilities.csv        coalition, prompt, one column per objective: the game
     <run>/evaluation/utilities-sequence.csv   (pooled) the same under the sequence-level target
     <run>/evaluation/estimation.csv       (pooled) per coalition and target: how it was estimated, its ESS
+    <run>/evaluation/preference.csv       reward-free utilities on held-out pairs (valuation.preference)
 
 Every coalition answers the same prompts with the same seeds (common random numbers), so
 differences between coalitions come from the coalitions.
@@ -34,6 +35,7 @@ from .errors import UserError
 from .monte_carlo import permutation_shapley
 from .estimators import evaluate_pooled, sample_directly
 from .pooled import anchor_coalitions
+from .preference import evaluate_preferences
 from .samples import evaluation_dir, read_jsonl, record_throughput
 from .shapley import CachedGame
 from .splits import EvalPrompt
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # the engine imports torch: loaded only when sampling, so the
     from .progress import Reporter
 
 ESTIMATORS = ("pooled", "direct")
+POOLED_EXACT_MAX_PLAYERS = 16  # 2^16 coalitions weighed from one pool: seconds (bench/pooled_vs_direct.py)
 
 
 class EvaluationError(UserError):
@@ -69,7 +72,7 @@ class EvaluationConfig:
                                "target can hold tokens no anchor proposes.")
     seed: int = helped(0, "Seed of the draws: the same for every coalition (common random numbers).")
     method: str = helped("auto", "'exact' (all 2^n coalitions), 'permutation' (those sampled permutations visit), "
-                                 f"or 'auto' (exact up to {EXACT_MAX_PLAYERS} sources).")
+                                 f"or 'auto' (exact up to {EXACT_MAX_PLAYERS} sources, {POOLED_EXACT_MAX_PLAYERS} pooled).")
     permutations: int = helped(200, "With 'permutation': permutations sampled (antithetic pairs).")
     chunk_prompts: int = helped(4, "Prompts per unit of work: a relaunch resumes at the first missing chunk.")
     max_batch_rows: int = helped(64, "Memory budget: model rows decoded together.")
@@ -97,9 +100,12 @@ class EvaluationConfig:
                                 seed=self.seed, max_batch_rows=self.max_batch_rows)
 
     def resolved_method(self, n_sources: int) -> str:
+        """'auto': every coalition while it is affordable: up to EXACT_MAX_PLAYERS sources sampled
+        directly, up to POOLED_EXACT_MAX_PLAYERS pooled (a coalition costs n numbers a response)."""
         if self.method != "auto":
             return self.method
-        return "exact" if n_sources <= EXACT_MAX_PLAYERS else "permutation"
+        limit = POOLED_EXACT_MAX_PLAYERS if self.estimator == "pooled" else EXACT_MAX_PLAYERS
+        return "exact" if n_sources <= limit else "permutation"
 
 
 PRESETS = {
@@ -150,23 +156,29 @@ class Cost:
 
     decode_row_tokens: int  # model rows x tokens decoded
     scored_responses: int  # responses scored teacher-forced under the base and every adapter (pooled)
+    teacher_forced_tokens: int  # their tokens x models, prompts included (a guess: TYPICAL_PROMPT_TOKENS each)
     reward_calls: int  # responses scored by each reward model
 
 
+TYPICAL_PROMPT_TOKENS = 48  # a chat-templated HH-RLHF prompt; only the time estimate uses it
+
+
 def evaluation_cost(sources: list[str], coalitions: list[Coalition], config: EvaluationConfig) -> Cost:
-    """The cost model: a decoding step of coalition S costs `decode_rows(S)` rows; the pooled
-    fallback is not known in advance and is not counted."""
+    """The cost model: a decoding step of coalition S costs `decode_rows(S)` rows; a pooled response
+    is read once by each of the n + 1 models; the pooled fallback is not known in advance."""
     if config.estimator == "direct":
         rows, responses = sum(map(decode_rows, coalitions)) * config.samples, len(coalitions) * config.samples
-        return Cost(rows * config.prompts * config.max_new_tokens, 0, responses * config.prompts)
+        return Cost(rows * config.prompts * config.max_new_tokens, 0, 0, responses * config.prompts)
     anchors = anchor_coalitions(sources)
     rows, responses = sum(map(decode_rows, anchors)) * config.pool_per_anchor, len(anchors) * config.pool_per_anchor
-    return Cost(rows * config.prompts * config.max_new_tokens, responses * config.prompts, responses * config.prompts)
+    scored = responses * config.prompts
+    read = scored * (len(sources) + 1) * (TYPICAL_PROMPT_TOKENS + config.max_new_tokens)
+    return Cost(rows * config.prompts * config.max_new_tokens, scored, read, scored)
 
 
 def estimate_seconds(cost: Cost, row_tokens_per_second: float) -> float:
-    """Decoding time only; teacher-forced scoring and the reward models come on top."""
-    return cost.decode_row_tokens / row_tokens_per_second
+    """Forward passes only (decoding and teacher forcing); the reward models come on top."""
+    return (cost.decode_row_tokens + cost.teacher_forced_tokens) / row_tokens_per_second
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +201,8 @@ def run_evaluate(context: RunContext, config: EvaluationConfig, reporter: Report
     prompts = evaluation_prompts(context, config)
     coalitions = coalitions_to_evaluate(sources, config)
     folder = evaluation_dir(run)
-    atomic_write_json(folder / "settings.json", to_dict(config))
+    # The method as resolved: the Shapley page values exactly the coalitions this evaluation measured.
+    atomic_write_json(folder / "settings.json", to_dict(config) | {"method": config.resolved_method(len(sources))})
     atomic_write_json(folder / "coalitions.json", [coalition_name(c) for c in coalitions])
     for stale in ("utilities-sequence.csv", "estimation.csv"):  # from an earlier evaluation of another kind
         (folder / stale).unlink(missing_ok=True)
@@ -203,6 +216,8 @@ def run_evaluate(context: RunContext, config: EvaluationConfig, reporter: Report
         sample_directly(context, model, config, prompts, coalitions, rewards, reporter, write=True)
     else:
         evaluate_pooled(context, model, config, prompts, coalitions, rewards, reporter)
-    record_throughput(run, evaluation_cost(sources, coalitions, config).decode_row_tokens, time.monotonic() - started)
+    evaluate_preferences(context, model, config.max_new_tokens, reporter)  # the reward-free utilities
+    cost = evaluation_cost(sources, coalitions, config)
+    record_throughput(run, cost.decode_row_tokens + cost.teacher_forced_tokens, time.monotonic() - started)
     reporter.log(f"utilities written to {folder / 'utilities.csv'}")
     return folder / "utilities.csv"

@@ -69,8 +69,23 @@ def run_job(run: Run, job: str, config: Any) -> Any:
 def run_in_session(run: Run, job: str, config: Any, reporter: Reporter) -> Any:
     """The job's work, inside a `job_session` the caller holds (a bad config is recorded as its error)."""
     config.validate()
+    quiet_libraries()
     reporter.event("start", job=job, settings=to_dict(config))
     return JOBS[job].run(RunContext.open(run), config, reporter)
+
+
+def quiet_libraries() -> None:
+    """Keep a job's log to its own lines: no per-map progress bars, no weight-loading bars, no
+    deprecation notice PEFT triggers in transformers on every adapter load."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def command(run: Run, job: str, config: Any) -> list[str]:

@@ -24,13 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .data import Messages
-from .errors import UserError
-from .models import LoadedModel, pick_device, prompt_ids, reply_ids
+from .models import LoadedModel, pick_device
+from .tokens import prompt_ids, reply_ids
 from .progress import Progress
-
-
-class RewardError(UserError):
-    """A reward model that cannot be built, loaded or used; the message says what to change."""
+from .rewards import RewardError
 
 
 class RewardModel(Protocol):

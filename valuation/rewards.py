@@ -27,7 +27,7 @@ import pandas as pd
 from .config import ConfigError, DataConfig, RewardConfig, RewardObjective, helped, to_dict
 from .data import HH_SUBSETS, PreferencePair
 from .progress import Progress
-from .reward_models import RewardError
+from .errors import UserError
 from .runs import Run
 from .splits import seeded_uniform
 from .storage import atomic_dir, atomic_write_json, digest
@@ -42,6 +42,10 @@ HELPFUL_HUB_ID = "Ray2333/gpt2-large-helpful-reward_model"
 HARMLESS_HUB_ID = "Ray2333/gpt2-large-harmless-reward_model"
 HEAD_FILE, CARD_FILE = "head.safetensors", "reward.json"
 REWARD_SALT = "rewards\x00"  # reward-model subsets and held-out parts draw independently of the split
+
+
+class RewardError(UserError):
+    """A reward model that cannot be built, loaded or used; the message says what to change."""
 
 
 # -----------------------------------------------------------------------------

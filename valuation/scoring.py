@@ -25,7 +25,7 @@ from .arithmetic import forward_log_probs, left_pad
 from .coalitions import BASE, Coalition, formula_terms
 from .data import Messages
 from .errors import UserError
-from .models import prompt_ids
+from .tokens import prompt_ids
 from .progress import Progress
 
 Variant = list[tuple[str, float]]  # (model name, coefficient) terms of log p, renormalised per token

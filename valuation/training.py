@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from .adapters import check_adapter_name, read_record, remove_partial_adapters, save_adapter, trained_sources
 from .config import ConfigError, helped, settings_of
 from .errors import UserError
-from .models import prompt_ids
+from .tokens import prompt_ids
+from .preference import adapter_verdicts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,16 +186,6 @@ def _dpo_config(config: TrainConfig, seed: int, output_dir: str, use_cpu: bool):
     )
 
 
-def quiet_libraries() -> None:
-    """Keep the job log to our own lines: no per-map progress bars, no weight-loading bars."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
 def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], config: TrainConfig, seed: int,
                 reporter: Reporter) -> tuple[Any, dict[str, Any]]:
     """Train a LoRA adapter on `loaded.model` by DPO; the trained PeftModel and its record.
@@ -276,7 +267,6 @@ def run_train(context: RunContext, config: TrainConfig, reporter: Reporter) -> d
 
     Sources: `config.sources`, else the run's. Adapters kept from earlier must share these settings.
     """
-    quiet_libraries()
     chosen = [check_adapter_name(s) for s in (config.sources or context.sources)]
     unknown = sorted(set(chosen) - set(context.split.train))
     if unknown:
@@ -299,6 +289,9 @@ def run_train(context: RunContext, config: TrainConfig, reporter: Reporter) -> d
         reporter.log(f"already trained, skipped: {', '.join(skipped)}")
     records = {source: train_source(context, source, config, reporter) for source in todo}
     reporter.log(f"done: {len(records)} adapter(s) trained in {context.run.path / 'adapters'}")
+    for row in adapter_verdicts(context, reporter).itertuples():  # did each adapter learn? (held-out pairs)
+        reporter.log(f"{row.source}: {row.verdict} (held-out margin {row.margin:+.3f} [{row.margin_lower:+.3f}, "
+                     f"{row.margin_upper:+.3f}], accuracy {row.accuracy:.2f} on {row.pairs} pairs)")
     return records
 
 
@@ -350,7 +343,7 @@ def training_curves(run: Run, events: list[dict[str, Any]]) -> pd.DataFrame:
         rows += [{"source": source, **point} for point in read_record(run, source).get("history", [])]
     rows += [
         {"source": e["stage"], "step": e["done"], **{k: e.get(k) for k in ("loss", "accuracy", "margin")}}
-        for e in events if e["event"] == "step" and e["stage"] not in trained
+        for e in events if e["event"] == "step" and "loss" in e and e["stage"] not in trained  # training steps only
     ]
     return pd.DataFrame(rows, columns=["source", "step", "loss", "accuracy", "margin"])
 

@@ -100,13 +100,15 @@ def estimation(run: Run | str | PathLike[str]) -> pd.DataFrame:
 
 
 def target_tables(run: Run | str | PathLike[str]) -> dict[str, Path]:
-    """Utility tables by what they are the expected reward under: 'direct' (each coalition's own
-    samples) or a pooled evaluation's 'token' and 'sequence' targets (valuation.estimators)."""
+    """Utility tables by what they measure: the expected reward under 'direct' sampling of each
+    coalition or a pooled evaluation's 'token' and 'sequence' targets (valuation.estimators), and
+    'preference', the reward-free accuracy and margin on held-out pairs (valuation.preference)."""
     folder = _run_dir(run) / "evaluation"
     targets = list(dict.fromkeys(estimation(run).target))
-    if not targets:
-        return {"direct": folder / "utilities.csv"} if (folder / "utilities.csv").is_file() else {}
-    return {target: folder / ("utilities.csv" if k == 0 else f"utilities-{target}.csv") for k, target in enumerate(targets)}
+    tables = ({target: folder / ("utilities.csv" if k == 0 else f"utilities-{target}.csv") for k, target in enumerate(targets)}
+              if targets else {"direct": folder / "utilities.csv"})
+    tables["preference"] = folder / "preference.csv"  # reward-free: held-out pairs, every run
+    return {target: path for target, path in tables.items() if path.is_file()}
 
 
 def values_by_target(tables: dict[str, UtilityTable], config: ValuationConfig) -> pd.DataFrame:

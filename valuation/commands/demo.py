@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         create_run(run_dir.name, root=run_dir.path.parent)
         record_sources(run_dir, DataConfig())
     run_job(run_dir, "train", job_config("train"))
-    run_job(run_dir, "evaluate", job_config("evaluate", prompts_file=str(DEMO_PROMPTS), prompts=16))
+    run_job(run_dir, "evaluate", job_config("evaluate", prompts_file=str(DEMO_PROMPTS), prompts=32))
     if not args.no_validate:
         run_job(run_dir, "validate", job_config("validate"))
     print(f"demo exported to {export_demo(run_dir)}")

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import settings_of
 from ..storage import atomic_write_json
-from ..training import quiet_libraries
 from .accuracy import run_accuracy
 from .inputs import read_inputs
 from .results import accuracy_shapley, comparisons, method_shapley, scaling_summary, summary
@@ -51,7 +50,6 @@ __all__ = ["EXPERIMENTS", "PRESETS", "ValidationConfig", "ValidationError", "acc
 
 def run_validate(context: RunContext, config: ValidationConfig, reporter: Reporter) -> list[Path]:
     """The validate job: the chosen experiments, cheap ones first so partial results appear early; their files."""
-    quiet_libraries()
     check_settings(results_dir(context.run, config.folder), config)
     inputs = read_inputs(context, config)
     sources = chosen_sources(config, sorted(inputs.train))

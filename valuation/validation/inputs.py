@@ -15,23 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..adapters import adapter_dir, save_adapter, trained_sources
 from ..config import preset_config
-from ..models import prompt_ids, reply_ids
+from ..tokens import prompt_ids
+from ..preference import HeldOut, held_out
 from ..splits import part_of
 from ..training import PRESETS as TRAINING_PRESETS, TrainConfig, fit_adapter, source_seed
 from .settings import ValidationConfig, ValidationError, results_dir
 
 if TYPE_CHECKING:
     from ..context import RunContext
-    from ..data import Messages, PreferencePair
+    from ..data import PreferencePair
     from ..progress import Reporter
-
-
-@dataclass
-class HeldOut:
-    prompt_id: str
-    messages: Messages
-    chosen: list[int]  # token ids, cut to response_tokens
-    rejected: list[int]
 
 
 @dataclass
@@ -68,10 +61,6 @@ def read_inputs(context: RunContext, config: ValidationConfig) -> Inputs:
     training = preset_config(TrainConfig, TRAINING_PRESETS, config.training_preset)
     tokenizer = context.base.tokenizer
 
-    def held_out(pair: PreferencePair) -> HeldOut:
-        chosen, rejected = (reply_ids(tokenizer, text)[:config.response_tokens] for text in (pair.chosen, pair.rejected))
-        return HeldOut(pair.pair_id, pair.prompt, chosen, rejected)
-
     # The eval part is disjoint by prompt from every training pair (splits.py).
     eval_part = {s: [p for p in context.data.pairs if p.source == s and part_of(p, context.config.data) == "eval"]
                  for s in context.split.train}
@@ -80,7 +69,7 @@ def read_inputs(context: RunContext, config: ValidationConfig) -> Inputs:
     evenly = [p for row in zip_longest(*short) for p in row if p is not None][:config.heldout_pairs]
     by_id = {pair.pair_id: pair for pair in context.data.pairs}
     behind_prompts = [by_id[prompt.prompt_id] for prompt in context.split.eval_prompts]
-    heldout, evaluation = ([h for h in map(held_out, pairs) if h.chosen and h.rejected] for pairs in (evenly, behind_prompts))
+    heldout, evaluation = (held_out(tokenizer, pairs, config.response_tokens) for pairs in (evenly, behind_prompts))
     if not heldout:
         raise ValidationError(f"Run {context.run.name!r} has no eval-part pair whose prompt fits "
                               f"{training.max_prompt_length} tokens: raise the eval fraction on the Sources page.")
@@ -116,8 +105,3 @@ def train_adapter(inputs: Inputs, name: str, pairs: list[PreferencePair], epochs
     model, record = fit_adapter(loaded, name, pairs, settings, source_seed(inputs.context.config.seed, name), reporter)
     save_adapter(model, inputs.adapters, name, {**record, "merged_below": list(below)})
     reporter.log(f"{name}: trained in {record['wall_time_s']:.0f}s, final loss {record['final']['loss']}")
-
-
-def responses_of(heldout: list[HeldOut]) -> list[tuple[Messages, list[int]]]:
-    """Each pair's two responses, chosen then rejected: what the scorer scores."""
-    return [(h.messages, reply) for h in heldout for reply in (h.chosen, h.rejected)]

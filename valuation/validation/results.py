@@ -13,7 +13,8 @@ from ..monte_carlo import bootstrap_intervals
 from ..runs import Run
 from ..shapley import exact_shapley
 from ..utility_table import UtilityTable
-from .accuracy import preference_utilities, read_utilities
+from ..preference import preference_utilities
+from .accuracy import read_utilities
 from .settings import accuracy_path
 
 

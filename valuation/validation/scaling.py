@@ -22,7 +22,8 @@ from ..monte_carlo import permutation_shapley
 from ..shapley import exact_shapley
 from ..storage import atomic_write_text
 from ..utility_table import UtilityTable
-from .accuracy import coalition_accuracy, read_utilities
+from ..preference import coalition_preferences
+from .accuracy import read_utilities
 from .inputs import Inputs, adapter_name, fitting_pairs, train_adapter
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def run_scaling(inputs: Inputs, reporter: Reporter) -> Path:
         loaded = inputs.context.fresh_model()  # validation's own adapters stay off the shared base
         model = load_adapters(loaded, inputs.adapters, list(names.values()))
         reporter.log(f"scaling: {2 ** len(names)} coalitions of {len(names)} sources on {len(inputs.heldout)} held-out pairs")
-        table = coalition_accuracy(model, loaded.tokenizer, inputs.heldout, list(names.values()), inputs.training.beta,
+        table = coalition_preferences(model, loaded.tokenizer, inputs.heldout, list(names.values()), inputs.training.beta,
                                    reporter.stage("scaling: scoring coalitions"))
         table["coalition"] = table.coalition.str.replace("e1:scale-", "", regex=False)
         atomic_write_text(utilities_file, table.to_csv(index=False, float_format="%.6g"))

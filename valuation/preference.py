@@ -1,0 +1,175 @@
+"""Reward-free utilities, exact for all 2^n coalitions: held-out preference accuracy and the
+implicit reward margin, teacher-forced on held-out pairs (no sampling, no reward model).
+
+For a held-out pair (x, y+, y-) a model M has the implicit reward margin
+
+    m_M = [log M(y+|x) - log pi_0(y+|x)] - [log M(y-|x) - log pi_0(y-|x)]
+
+(reported times beta), and preference accuracy 1[m_M > 0], ties (the base against itself) counting
+1/2. The scorer reads every coalition off n + 1 forward passes per response. The evaluate job
+writes them for every run, on the split's held-out pairs (those behind its evaluation prompts):
+
+    <run>/evaluation/preference.csv    coalition, prompt (the pair), preference_accuracy, reward_margin
+    <run>/evaluation/preference.json   what produced it (adapters, pairs, response length)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .coalitions import BASE, TOKEN_LEVEL_MAX_PLAYERS, all_coalitions, coalition_name
+from .pooled import membership
+from .samples import evaluation_dir
+from .storage import atomic_write_json, atomic_write_text, digest
+from .tokens import reply_ids
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .runs import Run
+    from .data import Messages, PreferencePair
+    from .progress import Progress, Reporter
+
+
+@dataclass
+class HeldOut:
+    prompt_id: str
+    messages: Messages
+    chosen: list[int]  # token ids, cut to the response length
+    rejected: list[int]
+
+
+def held_out(tokenizer: Any, pairs: list[PreferencePair], tokens: int) -> list[HeldOut]:
+    """Pairs as token ids, replies cut to `tokens`; a pair with an empty reply is left out."""
+    cut = [(p, reply_ids(tokenizer, p.chosen)[:tokens], reply_ids(tokenizer, p.rejected)[:tokens]) for p in pairs]
+    return [HeldOut(p.pair_id, p.prompt, chosen, rejected) for p, chosen, rejected in cut if chosen and rejected]
+
+
+def responses_of(heldout: list[HeldOut]) -> list[tuple[Messages, list[int]]]:
+    """Each pair's two responses, chosen then rejected: what the scorer scores."""
+    return [(h.messages, reply) for h in heldout for reply in (h.chosen, h.rejected)]
+
+
+def preference_utilities(log_likelihoods: pd.DataFrame, beta: float, base: str = "base") -> pd.DataFrame:
+    """Per (model, prompt): preference accuracy and implicit reward margin relative to the base.
+
+    `log_likelihoods` has columns model, prompt, chosen, rejected, with the base under model `base`.
+    """
+    base_rows = log_likelihoods[log_likelihoods.model == base].set_index("prompt")
+    table = log_likelihoods.join(base_rows[["chosen", "rejected"]], on="prompt", rsuffix="_base")
+    margin = (table.chosen - table.chosen_base) - (table.rejected - table.rejected_base)
+    return pd.DataFrame({"model": table.model, "prompt": table.prompt,
+                         "preference_accuracy": np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0)),
+                         "reward_margin": beta * margin})
+
+
+def coalition_preferences(model: Any, tokenizer: Any, heldout: list[HeldOut], sources: list[str], beta: float,
+                          progress: Progress | None = None) -> pd.DataFrame:
+    """Per (coalition, prompt): preference accuracy and reward margin of all 2^n coalitions of the
+    model's adapters `sources`; the empty coalition (coalition '') is the base.
+
+    Up to TOKEN_LEVEL_MAX_PLAYERS sources a coalition is the token-level arithmetic model (what the
+    sampler samples); beyond, the sequence-level product of experts, log pi_S = l_0 + sum_{l in S}
+    (l_l - l_0) up to log Z_S(x), which cancels in a margin: its margin is the sum of its members'."""
+    from .scoring import score_coalitions, score_variants
+
+    coalitions = all_coalitions(sources)
+    if len(sources) <= TOKEN_LEVEL_MAX_PLAYERS:
+        scored = score_coalitions(model, tokenizer, responses_of(heldout), coalitions, progress=progress)
+    else:
+        alone = score_variants(model, tokenizer, responses_of(heldout), {m: [(m, 1.0)] for m in [BASE, *sources]},
+                               progress=progress).log_likelihoods
+        gains = np.array([alone[s] - alone[BASE] for s in sources])  # [n, responses]
+        scored = {c: alone[BASE] + row for c, row in zip(coalitions, membership(coalitions, sources).astype(float) @ gains)}
+    rows = [{"model": coalition_name(coalition), "prompt": pair.prompt_id, "chosen": values[2 * k],
+             "rejected": values[2 * k + 1]}  # responses_of: chosen then rejected
+            for coalition, values in scored.items() for k, pair in enumerate(heldout)]
+    return preference_utilities(pd.DataFrame(rows), beta, base="").rename(columns={"model": "coalition"})
+
+
+def evaluate_preferences(context: RunContext, model: Any, tokens: int, reporter: Reporter) -> Path:
+    """preference.csv for the run's adapters on the pairs behind the split's evaluation prompts
+    (whatever prompts the evaluation sampled on); kept while what produced it is unchanged."""
+    from .adapters import read_record
+
+    sources = context.sources
+    by_id = {pair.pair_id: pair for pair in context.data.pairs}
+    pairs = [by_id[prompt.prompt_id] for prompt in context.split.eval_prompts]
+    key = digest({"adapters": {s: digest(read_record(context.run, s)) for s in sources},
+                  "pairs": [p.pair_id for p in pairs], "tokens": tokens})
+    folder = evaluation_dir(context.run)
+    record = folder / "preference.json"
+    if record.exists() and json.loads(record.read_text()).get("key") == key:
+        return folder / "preference.csv"
+    heldout = held_out(context.base.tokenizer, pairs, tokens)
+    beta = read_record(context.run, sources[0])["beta"]
+    reporter.log(f"reward-free utilities: {2 ** len(sources)} coalitions on {len(heldout)} held-out pairs")
+    table = coalition_preferences(model, context.base.tokenizer, heldout, sources, beta,
+                                  reporter.stage("held-out preference pairs"))
+    atomic_write_text(folder / "preference.csv", table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_json(record, {"key": key, "pairs": len(heldout), "tokens": tokens})
+    return folder / "preference.csv"
+
+
+# -----------------------------------------------------------------------------
+# did each adapter learn?
+
+VERDICTS_FILE = "heldout.csv"  # in <run>/adapters/, beside the adapters it judges
+VERDICT_PAIRS = 32  # held-out pairs per source: enough for an interval, a few seconds on a CPU
+
+
+def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: int = VERDICT_PAIRS,
+                     tokens: int = 64) -> pd.DataFrame:
+    """Per trained adapter, on held-out pairs of its own source (the split's eval part): preference
+    accuracy and implicit reward margin against the base, with 95% intervals, and a verdict:
+    'learned' when the margin's interval lies above 0, 'learned the opposite' below it, else
+    'indistinguishable from the base'. Written to adapters/heldout.csv, kept while the adapters are."""
+    from .adapters import adapters_dir, load_adapters, read_record, trained_sources
+    from .scoring import score_coalitions
+    from .splits import part_of
+
+    sources = trained_sources(context.run)
+    path = adapters_dir(context.run) / VERDICTS_FILE
+    key = digest({s: digest(read_record(context.run, s)) for s in sources} | {"pairs": pairs_per_source, "tokens": tokens})
+    if path.exists() and json.loads((path.with_suffix(".json")).read_text()).get("key") == key:
+        return pd.read_csv(path)
+    model = load_adapters(context.base, context.run, sources)
+    rows = []
+    for source in sources:
+        pairs = [p for p in context.data.pairs if p.source == source and part_of(p, context.config.data) == "eval"]
+        heldout = held_out(context.base.tokenizer, pairs[:pairs_per_source], tokens)
+        scored = score_coalitions(model, context.base.tokenizer, responses_of(heldout), [frozenset(), frozenset([source])],
+                                  progress=reporter.stage(f"{source}: held-out pairs"))
+        gain = scored[frozenset([source])] - scored[frozenset()]  # log pi_l(y) - log pi_0(y), per response
+        margin = read_record(context.run, source)["beta"] * (gain[0::2] - gain[1::2])  # chosen, then rejected
+        rows.append({"source": source, "pairs": len(heldout), **judged(margin)})
+    table = pd.DataFrame(rows)
+    atomic_write_text(path, table.to_csv(index=False))
+    atomic_write_json(path.with_suffix(".json"), {"key": key})
+    return table
+
+
+def judged(margin: np.ndarray) -> dict[str, Any]:
+    """Accuracy (Wilson interval) and mean margin (t interval) of an adapter's held-out margins, and the verdict."""
+    from .rewards import wilson_interval
+
+    accuracy = float(((margin > 0) + 0.5 * (margin == 0)).mean())
+    half = 1.96 * margin.std(ddof=1) / np.sqrt(len(margin)) if len(margin) > 1 else np.inf
+    low, high = margin.mean() - half, margin.mean() + half
+    verdict = "learned" if low > 0 else "learned the opposite" if high < 0 else "indistinguishable from the base"
+    accuracy_low, accuracy_high = wilson_interval(round(accuracy * len(margin)), len(margin))
+    return {"accuracy": accuracy, "accuracy_lower": accuracy_low, "accuracy_upper": accuracy_high,
+            "margin": float(margin.mean()), "margin_lower": float(low), "margin_upper": float(high), "verdict": verdict}
+
+
+def read_verdicts(run: Run) -> pd.DataFrame:
+    """The verdicts the last train job wrote (empty when none): source, pairs, accuracy, margin, their intervals, verdict."""
+    from .adapters import adapters_dir
+
+    path = adapters_dir(run) / VERDICTS_FILE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
