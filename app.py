@@ -3,7 +3,8 @@
     streamlit run app.py        (or: make run)
 
 Every page file starts with `through_app()`: a page that Streamlit runs without this file (its legacy
-pages/ path, before this file has reached st.navigation once in the server process) reruns through here.
+pages/ path, before this file has reached st.navigation once in the server process) runs this file
+instead, in the same script run. `run_page` marks the pages this file runs.
 """
 
 import streamlit as st

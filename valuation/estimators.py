@@ -13,6 +13,7 @@ pooled: every prompt gets one pool of responses from the anchor coalitions; each
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from .coalitions import BASE, TOKEN_LEVEL_MAX_PLAYERS, Coalition, coalition_name
 from .config import to_dict
 from .pooled import anchor_coalitions, membership, proposal_log_density, sequence_utilities, weighted_utilities
 from .runs import Run
-from .samples import SampleSet, evaluation_dir, mean_rewards, samples_key
+from .samples import SampleSet, evaluation_dir, mean_rewards, read_jsonl, samples_key
 from .storage import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -133,9 +134,6 @@ def pool_log_likelihoods(store: SampleSet, index: int, model, context: RunContex
                          anchors: list[Coalition], coalitions: list[Coalition], config: EvaluationConfig,
                          reporter: Reporter) -> dict[str, dict[str, list[float]]]:
     """Chunk `index`'s pool weighed (`weigh`), stored beside it: a relaunch does not score it again."""
-    import json
-
-    from .samples import read_jsonl
 
     path = store.weights_path(index)
     if path.exists():
