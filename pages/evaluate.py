@@ -11,7 +11,7 @@ import dataclasses
 
 import streamlit as st
 
-from pages.ui import job_panel, require_run, show_user_error
+from pages.ui import backend_choice, job_panel, require_run, show_user_error
 from valuation.adapters import trained_sources
 from valuation.errors import UserError
 from valuation.coalitions import EXACT_MAX_PLAYERS
@@ -101,14 +101,15 @@ if method == "exact" and minutes > BUDGET_MINUTES:
     st.warning(f"Exact enumeration of 2^{len(sources)} coalitions would take over {BUDGET_MINUTES} minutes: choose "
                "'permutation' to evaluate only the coalitions a Monte Carlo sample of orders visits.")
 
+backend = backend_choice(run)
 if st.button("Evaluate coalitions", type="primary", icon=":material/play_arrow:"):
     try:
         if rewards != run_config.rewards:
             run.save_config(dataclasses.replace(run_config, rewards=rewards))
-        launch(run, "evaluate", settings)
+        launch(run, "evaluate", settings, backend)
     except UserError as error:
         show_user_error(error)
-st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'evaluate', settings))}`: "
+st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'evaluate', settings, backend))}`: "
            "you can close the browser.")
 
 job_panel(run, "evaluate")

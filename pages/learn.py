@@ -306,3 +306,18 @@ st.markdown("That is the whole pipeline: train n adapters, build the 2ⁿ coalit
             "each one's utility, and average marginal contributions with the formula of step 3. "
             + ("The **Shapley** page does this for the run's game." if not game.is_example else
                "Once a run has coalition utilities, the **Shapley** page does this for its game."))
+
+st.header("7. Which objective to read")
+st.markdown(
+    "A value is only as good as the utility v(S) it averages. The run measures two kinds:\n\n"
+    "- **Reward models** (helpfulness, harmlessness): coalition S's model answers the evaluation prompts, and a "
+    "reward model scores each answer. This is what a user of the model sees, but it is only as trustworthy as the "
+    "reward model: its held-out accuracy (Evaluate page) says how often it agrees with human preferences. Near 50% "
+    "it is guessing, and the Shapley page then says so in words instead of drawing bars.\n"
+    "- **Held-out preference pairs** (preference accuracy, reward margin): no reward model and no sampling. Each "
+    "coalition's model reads the chosen and the rejected reply of pairs nobody trained on; its accuracy is how often "
+    "it prefers the chosen one more than the base does, and its margin is by how much (β times the log-ratio gap). "
+    "Exact for every coalition from n + 1 passes per pair.\n\n"
+    "Prefer the preference objectives when a reward model is near chance, or to check that a source taught its "
+    "adapter what its data prefers; read the reward models for what the coalitions actually say. Every value "
+    "comes with an interval: one that holds zero is not a finding.")

@@ -17,15 +17,23 @@ from valuation.playground import (
     MAX_COLUMNS,
     Column,
     ColumnOutput,
+    adapter_stamps,
+    coalition_preference,
     default_columns,
     example_prompts,
     last_user_turn,
     mark_stopped,
+    preference_table,
+    reward_keys,
+    reward_notes,
     stream_columns,
     with_last_user_turn,
 )
+from valuation.rewards import load_reward, reward_accuracies
 from valuation.runs import Run
 from valuation.splits import split_preferences
+from valuation.utility_table import UtilityTable
+from valuation.values import target_tables
 
 OUTPUTS = "playground_outputs"  # the last generation: its columns and their outputs, kept across reruns
 WRITE_YOUR_OWN = "Write your own prompt"
@@ -56,6 +64,24 @@ def held_out_examples(run_path: str, config_time: float) -> dict[str, Messages]:
     """A few of the run's evaluation prompts: held out from every adapter's training data."""
     data = Run.at(run_path).load_config().data
     return example_prompts(split_preferences(cached_preferences(data), data).eval_prompts)
+
+
+@st.cache_resource(show_spinner="Loading the run's reward models…", max_entries=8)
+def _reward_model(run_path: str, objective: str, key: str, model_stamp: tuple, _loaded):
+    """One reward model of the run, loaded once per (run, objective, reward key); it reads features of
+    the shared coalition model (`model_stamp` changes when that model is loaded again)."""
+    return load_reward(Run.at(run_path), objective, _loaded)
+
+
+def cached_reward_models(run: Run, loaded) -> dict:
+    stamp = (run.config_path.stat().st_mtime, adapter_stamps(run))
+    return {objective: _reward_model(str(run.path), objective, key, stamp, loaded)
+            for objective, key in reward_keys(run).items()}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def cached_preference_table(run_path: str, modified: float) -> UtilityTable | None:
+    return preference_table(Run.at(run_path))
 
 
 # --- The prompt -----------------------------------------------------------------------------------
@@ -114,10 +140,27 @@ for k, slot in enumerate(st.columns(count + 1, border=True)):
         placeholders.append(st.empty())
 
 
-def show(placeholder, output: ColumnOutput) -> None:
+notes = reward_notes(reward_accuracies(run))
+preference_path = target_tables(run).get("preference")
+preferences = (cached_preference_table(str(run.path), preference_path.stat().st_mtime)
+               if preference_path is not None else None)
+
+
+def show(placeholder, column: Column, output: ColumnOutput) -> None:
+    """The column's text so far; once finished, its reward under each reward model and what they are worth."""
     with placeholder.container():
         st.text(output.text or "…")
         st.caption(output.caption)
+        if output.rewards is None:
+            if output.status == "stopped" and notes:
+                st.caption("Stopped before it finished: not scored.")
+            return
+        for objective, reward in output.rewards.items():
+            st.metric(f"{objective} reward", f"{reward:+.3f}", help=f"The {objective} reward model's score of this "
+                      f"answer; that model's {notes.get(objective, 'accuracy is unknown')}.")
+        preference = coalition_preference(preferences, column)
+        if preference:
+            st.caption(f"Held-out preference: {preference}.")
 
 
 # --- Generating -----------------------------------------------------------------------------------
@@ -128,14 +171,28 @@ elif generate_clicked:
     kept = st.session_state[OUTPUTS] = {"columns": columns, "outputs": []}
     try:
         loaded = cached_coalition_model(run)
-        for outputs in stream_columns(loaded.model, loaded.tokenizer, columns, messages, settings):
+        try:
+            rewards = cached_reward_models(run, loaded)
+        except UserError as error:  # the answers still stream, unscored
+            rewards = {}
+            st.caption(f"No rewards: {error}")
+        for outputs in stream_columns(loaded.model, loaded.tokenizer, columns, messages, settings, rewards=rewards):
             kept["outputs"] = outputs  # kept: a click on Stop reruns the page, which ends this loop
-            for placeholder, output in zip(placeholders, outputs):
-                show(placeholder, output)
+            for placeholder, column, output in zip(placeholders, columns, outputs):
+                show(placeholder, column, output)
     except UserError as error:
         show_user_error(error)
 elif kept:
     mark_stopped(kept["outputs"])  # a generation cut short by a rerun (Stop, or any other widget)
     for placeholder, column, previous, output in zip(placeholders, columns, kept["columns"], kept["outputs"]):
         if column == previous:
-            show(placeholder, output)
+            show(placeholder, column, output)
+
+if notes:
+    st.caption("Rewards are the run's reward models' scores of each finished answer (Bradley-Terry scores: compare "
+               "columns, not absolute values). Reward models: " + "; ".join(f"{o}, {n}" for o, n in notes.items())
+               + ". A coalition's held-out preference accuracy needs no reward model: how often it prefers the chosen "
+                 "reply of a held-out pair more than the base does.")
+elif sources:
+    st.caption("No reward models in this run yet: the Evaluate page trains them, and then each finished answer is "
+               "scored here.")

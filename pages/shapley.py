@@ -14,49 +14,37 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb
 
-from pages.ui import chart, colors, require_run, show_user_error
+from pages.ui import chart, colors, latest_step, require_run, show_user_error
+from valuation.background import job_status
 from valuation.coalitions import EXACT_MAX_PLAYERS
+from valuation.convergence import answered_table, convergence_frame, prefix_sizes, read_frame, run_plan
 from valuation.errors import UserError
+from valuation.figures import bars_figure, scatter_figure
 from valuation.preference import read_verdicts
+from valuation.report import TARGET_LABELS, not_distinguishable, report_html
 from valuation.rewards import reward_accuracies
+from valuation.runs import Run
 from valuation.utility_table import UtilityTable
 from valuation.values import (
     Valuation,
+    ValuationConfig,
     estimation,
     load_utilities,
     run_valuation_config,
     target_tables,
+    utilities_path,
     value_sources,
     values_by_target,
     with_combined,
 )
 
-
-
-TARGET_LABELS = {"direct": "direct sampling of every coalition", "token": "pooled, token-level target",
-                 "sequence": "pooled, sequence-level target",
-                 "preference": "held-out preference pairs (no reward model)"}
+LIVE_EVERY_S = 3.0  # how often the live values poll the evaluation's table
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading coalition utilities…")
 def cached_utilities(path: str, modified: float) -> UtilityTable:
     """The table at `path`, read again only when the file changes."""
     return load_utilities(path)
-
-
-def bars_figure(valuation: Valuation, objectives: list[str]) -> go.Figure:
-    return px.bar(valuation.values_frame().query("objective in @objectives"), x="player", y="value", color="objective",
-                  barmode="group", error_y="plus", error_y_minus="minus", color_discrete_map=colors(valuation.objectives),
-                  labels={"player": "source", "value": "Shapley value"})
-
-
-def scatter_figure(valuation: Valuation, x: str, y: str) -> go.Figure:
-    figure = px.scatter(valuation.objective_pair_frame(x, y), x=x, y=y, text="player", color="player",
-                        error_x=f"{x}_plus", error_x_minus=f"{x}_minus", error_y=f"{y}_plus",
-                        error_y_minus=f"{y}_minus", color_discrete_map=colors(valuation.players))
-    figure.add_hline(y=0, line_dash="dot", line_color="grey")
-    figure.add_vline(x=0, line_dash="dot", line_color="grey")
-    return figure.update_traces(textposition="top center", marker_size=12)
 
 
 def waterfall_figure(valuation: Valuation, objective: str) -> go.Figure:
@@ -75,24 +63,84 @@ def interaction_figure(valuation: Valuation, objective: str) -> go.Figure:
                      color_continuous_midpoint=0, text_auto=".3f", labels={"color": "interaction"})
 
 
+def banded_figure(trace: pd.DataFrame, players: tuple[str, ...], x: str, **line) -> go.Figure:
+    """One line per player of `value` against column `x`, in a band from `lower` to `upper` (where known)."""
+    figure = go.Figure()
+    for player, color in colors(players).items():
+        rows = trace[trace.player == player]
+        known = rows.dropna(subset=["lower", "upper"])
+        figure.add_scatter(x=pd.concat([known[x], known[x][::-1]]), y=pd.concat([known.upper, known.lower[::-1]]),
+                           fill="toself", fillcolor=f"rgba{(*hex_to_rgb(color), 0.2)}", line_width=0, mode="lines",
+                           hoverinfo="skip", showlegend=False, legendgroup=player)
+        figure.add_scatter(x=rows[x], y=rows.value, name=player, line_color=color, legendgroup=player, **line)
+    return figure
+
+
 def convergence_figure(valuation: Valuation, objective: str) -> go.Figure:
     """Running estimate per source against permutations used, with a band of +- one standard error."""
-    trace = valuation.shapley.convergence_frame().query("objective == @objective")
-    figure = go.Figure()
-    for player, color in colors(valuation.players).items():
-        rows = trace[trace.player == player].dropna(subset="stderr")
-        x = pd.concat([rows.permutations, rows.permutations[::-1]])
-        band = pd.concat([rows.value + rows.stderr, (rows.value - rows.stderr)[::-1]])
-        figure.add_scatter(x=x, y=band, fill="toself", fillcolor=f"rgba{(*hex_to_rgb(color), 0.2)}",
-                           line_width=0, hoverinfo="skip", showlegend=False, legendgroup=player)
-        figure.add_scatter(x=rows.permutations, y=rows.value, name=player, line_color=color, legendgroup=player)
-    return figure.update_layout(xaxis_title="permutations", yaxis_title=f"{objective} Shapley value")
+    trace = valuation.shapley.convergence_frame().query("objective == @objective").dropna(subset="stderr")
+    trace = trace.assign(lower=trace.value - trace.stderr, upper=trace.value + trace.stderr)
+    return banded_figure(trace, valuation.players, "permutations").update_layout(
+        xaxis_title="permutations", yaxis_title=f"{objective} Shapley value")
 
 
-def not_distinguishable(valuation: Valuation) -> list[str]:
-    spans = valuation.spans_zero()
-    return [f"{player} on {objective}" for k, objective in enumerate(valuation.objectives)
-            for i, player in enumerate(valuation.players) if spans[i, k]]
+def prompts_figure(trace: pd.DataFrame, players: tuple[str, ...], objective: str) -> go.Figure:
+    """Each source's value on the first k prompts against k, in a band of its interval."""
+    return banded_figure(trace[trace.objective == objective], players, "prompts", mode="lines+markers").update_layout(
+        xaxis_title="prompts finished", yaxis_title=f"{objective} Shapley value")
+
+
+@st.cache_data(max_entries=8, show_spinner="Valuing the first prompts…")
+def cached_convergence(path: str, modified: float, config: ValuationConfig, chunk: int | None,
+                       combined: tuple[float, str, str] | None) -> pd.DataFrame:
+    """Values on the first k prompts of the table at `path` (with the combined objective where there is one)."""
+    table, order = answered_table(read_frame(path))
+    if combined is not None:
+        table = with_combined(table, *combined)
+    return convergence_frame(table, config, prefix_sizes(len(order), chunk), order)
+
+
+def live_values(run: Run) -> None:
+    """While an evaluation runs: the values on the prompts finished so far, and how their intervals
+    narrowed, polled as utilities.csv is rewritten after each chunk; the whole page once it ends."""
+
+    @st.fragment(run_every=LIVE_EVERY_S)
+    def live() -> None:
+        status = job_status(run)
+        if status is None or status.kind != "evaluate" or not status.active:
+            st.rerun()  # it just ended: the whole page, on the finished table
+        st.subheader("Values so far, while the evaluation runs")
+        latest_step(status)
+        path, (total, chunk) = utilities_path(run), run_plan(run)
+        if not path.is_file() or path.stat().st_mtime < status.started:  # none yet, or the last evaluation's
+            st.info("Waiting for the first chunk of prompts: values appear once every coalition has answered one.",
+                    icon=":material/hourglass_empty:")
+            return
+        try:
+            config = run_valuation_config(run)
+            table, order = answered_table(read_frame(path))
+            valuation = value_sources(table, config)
+            trace = convergence_frame(table, config, prefix_sizes(len(order), chunk), order)
+        except UserError as error:
+            st.info(f"Values are not available yet: {error}.", icon=":material/hourglass_empty:")
+            return
+        st.caption(f"From the {len(order)}{f' of {total}' if total else ''} prompts finished so far ({path.name}, "
+                   f"rewritten after each chunk{f' of {chunk} prompts' if chunk else ''}), with "
+                   f"{config.confidence:.0%} intervals over those prompts. They refresh as chunks land.")
+        accuracies = reward_accuracies(run)
+        at_chance = set(accuracies[accuracies.near_chance].objective) if not accuracies.empty else set()
+        drawn = [o for o in valuation.objectives if o not in at_chance]
+        if at_chance & set(valuation.objectives):
+            st.caption(f"Not drawn, their reward models being near chance: {', '.join(sorted(at_chance))}.")
+        if not drawn:
+            return
+        chart(bars_figure(valuation, drawn))
+        st.caption("How the intervals narrowed as prompts were added: each source's value on the first k prompts.")
+        for objective, column in zip(drawn, st.columns(len(drawn))):
+            chart(prompts_figure(trace, valuation.players, objective).update_layout(
+                height=380, legend=dict(orientation="h", yanchor="top", y=-0.25)), column)
+
+    live()
 
 
 # =================================================================================================
@@ -102,6 +150,12 @@ st.caption("A source's Shapley value is its average marginal contribution to the
            "models, over every order in which the sources could join. The values add up to v(N) − v(∅).")
 
 run = require_run()
+status = job_status(run)
+if status is not None and status.kind == "evaluate" and status.active:
+    live_values(run)
+    st.caption("The rest of the page (other targets, the waterfall, interactions, downloads) appears when the "
+               "evaluation ends.")
+    st.stop()
 try:
     tables = target_tables(run)
     estimated = estimation(run)
@@ -162,9 +216,10 @@ if len(base_objectives) >= 2:
                        help="Computed per prompt, so its intervals stay valid: Shapley is linear in the utility.")
     table = with_combined(table, weight, first, second)
 
+config = replace(evaluated, method="exact" if method == "Exact" else "permutation", permutations=int(budget),
+                 confidence=confidence)
 try:
-    valuation = value_sources(table, replace(evaluated, method="exact" if method == "Exact" else "permutation",
-                                             permutations=int(budget), confidence=confidence))
+    valuation = value_sources(table, config)
 except UserError as error:
     show_user_error(error)
     st.stop()
@@ -186,11 +241,7 @@ for objective in sorted(at_chance & set(valuation.objectives)):
 unclear = not_distinguishable(valuation)
 if unclear:
     st.warning(f"Not distinguishable from no effect (the {confidence:.0%} interval includes 0): {', '.join(unclear)}.")
-if not valuation.has_intervals:
-    st.caption("No intervals: the table has one utility per coalition. Per-prompt utilities give bootstrap intervals.")
-else:
-    st.caption("The intervals cover the spread over prompts only: each source has one adapter (one training seed), so "
-               "training noise is not in them.")
+st.caption(valuation.interval_note())  # prompts, and refit reward heads where stored (hub models cannot be refit)
 verdicts = read_verdicts(run)
 unlearned = verdicts[verdicts.verdict != "learned"] if not verdicts.empty else verdicts
 if not unlearned.empty:
@@ -237,6 +288,20 @@ if valuation.shapley.convergence is not None:
                f"{valuation.shapley.convergence.n_evaluations} distinct coalitions; bands are ± one standard error.")
     chart(convergence_figure(valuation, objective))
 
+if table.prompts is not None and len(table.prompts) > 1:
+    st.subheader("Values as prompts were added")
+    chunk = run_plan(run)[1] if target != "preference" else None  # held-out pairs come in no chunks
+    combined = (weight, first, second) if len(base_objectives) >= 2 else None
+    try:
+        trace = cached_convergence(str(path), path.stat().st_mtime, config, chunk, combined)
+    except UserError as error:
+        show_user_error(error)
+    else:
+        st.caption(f"Each source's {objective} value on the first k prompts, in the order they were evaluated"
+                   + (f", every {chunk} prompts (a chunk)" if chunk else "") + f"; bands are {confidence:.0%} "
+                   "intervals. The last point is the value above; the bands narrow as prompts are added.")
+        chart(prompts_figure(trace, valuation.players, objective))
+
 # --- How the pooled evaluation estimated each coalition -----------------------------------------
 if target in set(estimated.target):
     st.subheader("How each coalition was estimated")
@@ -270,3 +335,9 @@ left.download_button("Download values (CSV)", valuation.to_csv(), file_name=f"{r
                      mime="text/csv", icon=":material/download:")
 right.download_button("Download values (JSON)", valuation.to_json(), file_name=f"{run.name}-shapley.json",
                       mime="application/json", icon=":material/download:")
+
+# --- The whole run in one file -----------------------------------------------------------------
+st.download_button("Download the report (HTML)", lambda: report_html(run), file_name=f"{run.name}-report.html",
+                   mime="text/html", icon=":material/description:", on_click="ignore",
+                   help="Sources, training, reward models, these values with their intervals and caveats, and the "
+                        "commands that reproduce the run, in one file that opens offline. Made when you click.")

@@ -6,13 +6,39 @@ from pages.ui import through_app
 
 through_app()  # opened outside app.py's st.navigation: hand over to it
 
+import json
+from dataclasses import replace
+
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from pages.ui import cached_preferences, chart, require_run, show_user_error
-from valuation.config import ConfigError, DataConfig
+from valuation.adapters import trained_sources
+from valuation.config import ConfigError, DataConfig, ModelConfig, every_source, to_dict
 from valuation.errors import UserError
-from valuation.sources import describe_sources, pair_lengths, record_sources, save_upload
+from valuation.sources import (describe_provenance, describe_sources, pair_lengths, prompt_fit, record_sources,
+                               save_upload, training_cap)
+from valuation.training import DROPPED_WARNING, PRESETS
+
+
+@st.cache_resource(show_spinner="Loading the tokenizer…", max_entries=2)
+def cached_tokenizer(model_json: str):
+    from valuation.models import load_model_tokenizer
+
+    return load_model_tokenizer(ModelConfig(**json.loads(model_json)))
+
+
+@st.cache_data(show_spinner="Fitting prompts to the training cap…", max_entries=16)
+def cached_prompt_fit(data_json: str, model_json: str, max_pairs: int, max_prompt_length: int) -> pd.DataFrame:
+    """What the cap does to each chosen source's training pairs: the split these sources get once saved."""
+    from valuation.splits import split_preferences
+
+    data_config = DataConfig(**json.loads(data_json))
+    split = split_preferences(cached_preferences(every_source(data_config)), data_config)
+    cap = replace(PRESETS["quick"], max_pairs=max_pairs, max_prompt_length=max_prompt_length)
+    return prompt_fit(split.train, cached_tokenizer(model_json), cap)
+
 
 st.title("Sources")
 st.caption("Each source is a player in the game: one adapter is trained per source, and its Shapley value "
@@ -54,9 +80,19 @@ with st.expander("Split settings"):
     seed = left.number_input("Split seed", 0, 2**31 - 1, saved.seed)
     data_dir = middle.text_input("Data directory", saved.data_dir, placeholder=str(DataConfig().resolved_data_dir()))
 
+with st.expander("Trusted held-out data", expanded=bool(saved.heldout_file)):
+    st.caption("A gold set of preference pairs you trust (JSONL/CSV/Parquet: prompt, chosen, rejected, optional "
+               "source). Its pairs train the reward models and give the evaluation prompts, split by prompt in the "
+               "ratio of the two shares above; every pair of the sources trains adapters, less those whose prompt "
+               "the gold set holds. Empty: the sources' pairs are split into all three parts.")
+    heldout_file = st.text_input("Trusted held-out file (path)", saved.heldout_file)
+    gold_upload = st.file_uploader("Or upload it", type=["jsonl", "csv", "parquet"], key="heldout_upload")
+    if gold_upload is not None:
+        heldout_file = str(save_upload(run, gold_upload.name, gold_upload.getvalue()))
+
 base = DataConfig(dataset=dataset, data_dir=data_dir, ultrafeedback_file=ultrafeedback_file,
                   eval_prompts=int(eval_prompts), eval_fraction=float(eval_fraction),
-                  reward_fraction=float(reward_fraction), seed=int(seed))
+                  reward_fraction=float(reward_fraction), seed=int(seed), heldout_file=heldout_file.strip())
 try:
     base.validate()
     data = cached_preferences(base)
@@ -87,13 +123,44 @@ if st.button("Save these sources to the run", type="primary", disabled=len(sourc
     else:
         st.success(f"Saved to run '{run.name}': {len(sources)} sources, "
                    f"{sum(split['train_pairs'].values())} training pairs, {len(split['eval_prompt_ids'])} evaluation prompts.")
-elif sorted(saved.sources or available) == sorted(sources) and saved.dataset == config.dataset:
+elif (sorted(saved.sources or available) == sorted(sources) and saved.dataset == config.dataset
+      and saved.heldout_file == config.heldout_file):
     st.caption(f"Run '{run.name}' uses these sources.")
 else:
     st.caption("Not saved yet: the run keeps its previous choice until you save.")
+recorded = run.load_split()
+if recorded:
+    st.caption(f":material/call_split: Recorded split: {describe_provenance(recorded)}.")
 
 if not sources:
     st.stop()
+
+# --- The prompt length cap -----------------------------------------------------------------------
+st.subheader("Prompt length cap")
+cap = training_cap(run)
+origin = "the settings of the run's adapters" if trained_sources(run) else "the quick preset"
+st.caption(f"Training reads each source's training pairs in the split's order until {cap.max_pairs or 'all'} are "
+           f"kept, with prompts of at most {cap.max_prompt_length} tokens through the chat template ({origin}). "
+           "A longer prompt keeps its last user turn and the earlier turns that fit (truncated); a pair whose last "
+           "user turn alone is longer is dropped.")
+# On request: counting loads the tokenizer (transformers), seconds of CPU this landing page should not spend.
+if st.toggle("Count what the cap keeps of each source", help="Loads the base model's tokenizer: a few seconds the "
+             "first time. The Training page shows the same counts for every trained adapter."):
+    try:
+        fit = cached_prompt_fit(json.dumps(to_dict(config), sort_keys=True),
+                                json.dumps(to_dict(run.load_config().model)), cap.max_pairs, cap.max_prompt_length)
+    except UserError as error:
+        show_user_error(error)
+    else:
+        st.dataframe(fit.drop(columns="too many dropped"), hide_index=True, column_config={
+            "kept share": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
+        losing = fit[fit["too many dropped"]]
+        if not losing.empty:
+            st.warning("The prompt length cap drops more than a fifth of the pairs of "
+                       + ", ".join(f"{r.source} ({r.dropped} of {r.whole + r.truncated + r.dropped})"
+                                   for r in losing.itertuples())
+                       + f" (over {DROPPED_WARNING:.0%}): those sources are valued on their shorter prompts only. "
+                         "Raise max prompt length on the Training page.")
 
 # --- Lengths -----------------------------------------------------------------------------------
 st.subheader("Lengths")

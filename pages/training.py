@@ -9,7 +9,7 @@ through_app()  # opened outside app.py's st.navigation: hand over to it
 import plotly.express as px
 import streamlit as st
 
-from pages.ui import cached_preferences, chart, job_panel, require_run, show_user_error
+from pages.ui import backend_choice, cached_preferences, chart, job_panel, require_run, show_user_error
 from valuation.adapters import trained_sources
 from valuation.config import field_help
 from valuation.demo import DEMO_NAME
@@ -17,7 +17,8 @@ from valuation.errors import UserError
 from valuation.background import JobStatus, job_status
 from valuation.jobs import job_config, launch
 from valuation.preference import read_verdicts
-from valuation.training import PRESETS, TrainConfig, adapter_table, source_progress, training_curves
+from valuation.training import DROPPED_WARNING, PRESETS, TrainConfig, too_many_dropped
+from valuation.training_progress import adapter_table, source_progress, training_curves
 
 MAIN_SETTINGS = ("max_pairs", "epochs", "learning_rate", "batch_size", "max_length", "max_prompt_length")
 
@@ -57,12 +58,13 @@ with st.container(border=True):
             if chosen != value:
                 overrides[name] = type(value)(chosen)
     retrain = st.checkbox("Retrain sources that already have an adapter", disabled=busy or not trained)
+    backend = backend_choice(run, disabled=busy)
     todo = [s for s in sources if retrain or s not in trained]
     st.caption(f"Will train {len(todo)} source(s): {', '.join(todo) or 'none'}."
                + (f" Already trained: {', '.join(trained)}." if trained else ""))
     if st.button("Launch training", type="primary", disabled=busy or not todo, icon=":material/play_arrow:"):
         try:
-            launch(run, "train", job_config("train", preset, sources=sources, retrain=retrain, **overrides))
+            launch(run, "train", job_config("train", preset, sources=sources, retrain=retrain, **overrides), backend)
         except UserError as error:
             show_user_error(error)
         else:
@@ -97,6 +99,16 @@ if table.empty:
     st.caption("None yet.")
 else:
     st.dataframe(table, hide_index=True)
+    st.caption("truncated: pairs whose prompt was longer than max prompt length, trained on its last user turn and the "
+               "earlier turns that fit; dropped: pairs whose last user turn alone was longer.")
+    counted = [(row["source"], int(row["pairs"]), int(row["dropped (length)"]))
+               for _, row in table.dropna(subset=["pairs", "dropped (length)"]).iterrows()]
+    losing = [(source, kept, dropped) for source, kept, dropped in counted if too_many_dropped(kept, dropped)]
+    if losing:
+        st.warning("The prompt length cap dropped more than a fifth of the pairs training read for "
+                   + ", ".join(f"{source} ({dropped} of {kept + dropped})" for source, kept, dropped in losing)
+                   + f" (over {DROPPED_WARNING:.0%}): their values reflect only their shorter prompts. Retrain with a "
+                     "larger max prompt length.")
 
 verdicts = read_verdicts(run)
 if not verdicts.empty:

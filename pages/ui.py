@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import plotly.express as px
 import streamlit as st
 
-from valuation.config import DataConfig, to_dict
+from valuation.config import BackendConfig, DataConfig, field_help, to_dict
 from valuation.demo import install_demo
 from valuation.data import PreferenceData, load_preferences
 from valuation import progress
 from valuation.errors import UserError
+from valuation.figures import colors  # one colour per name, the same in the pages and the report
 from valuation.background import JobStatus, cancel_job, job_status
 from valuation.runs import Run, RunError, create_run, list_runs, runs_root
 
@@ -145,12 +145,6 @@ def cached_coalition_model(run: Run) -> LoadedModel:
 
 
 CHART_FORMAT_KEY = "chart_format"
-PALETTE = px.colors.qualitative.Plotly
-
-
-def colors(names: tuple[str, ...]) -> dict[str, str]:
-    """One fixed colour per name, so a source or an objective looks the same in every chart."""
-    return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(names)}
 
 
 def chart(figure, container=st) -> None:
@@ -159,6 +153,37 @@ def chart(figure, container=st) -> None:
     figure.update_layout(margin=dict(t=40, b=10))
     container.plotly_chart(figure, width="stretch", config={
         "displaylogo": False, "toImageButtonOptions": {"format": st.session_state.get(CHART_FORMAT_KEY, "png")}})
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def _reachable_cluster() -> str | None:
+    from valuation.cluster import reachable_cluster
+
+    return reachable_cluster()
+
+
+def backend_choice(run: Run, disabled: bool = False) -> BackendConfig:
+    """Where a job's parallel parts run: this machine, or a Ray cluster when one is reachable, with
+    the resources each task holds."""
+    recorded = run.load_config().backend
+    address = _reachable_cluster() or (recorded.address if recorded.backend == "ray" and recorded.address else None)
+    if address is None:
+        st.caption("Runs on this machine. A Ray cluster (`ray start --head`; README, \"Running on a cluster\") is "
+                   "offered here once this machine can reach it.")
+        return BackendConfig()
+    here, cluster = "this machine", f"Ray cluster ({address})"
+    where = st.radio("Where to run", [here, cluster], index=int(recorded.backend == "ray"), horizontal=True,
+                     disabled=disabled, help=field_help(BackendConfig, "backend"))
+    if where == here:
+        return BackendConfig()
+    gpus, cpus, workers = st.columns(3)
+    return BackendConfig("ray", address,
+                         gpus.number_input("GPUs per task", min_value=0.0, value=recorded.gpus_per_task, step=1.0,
+                                           disabled=disabled, help=field_help(BackendConfig, "gpus_per_task")),
+                         cpus.number_input("CPUs per task", min_value=0.25, value=recorded.cpus_per_task, step=1.0,
+                                           disabled=disabled, help=field_help(BackendConfig, "cpus_per_task")),
+                         int(workers.number_input("Evaluation workers", min_value=0, value=recorded.workers,
+                                                  disabled=disabled, help=field_help(BackendConfig, "workers"))))
 
 
 def show_user_error(error: UserError) -> None:

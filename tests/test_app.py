@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, table_rows
+from conftest import APP, table_rows, write_jsonl
 from valuation.demo import DEMO_SOURCE
 from valuation.runs import Run, create_run, list_runs
 
@@ -41,7 +41,8 @@ def test_sources_page_shows_the_offline_default_and_saves_the_choice(runs_dir):
     next(b for b in app.button if b.label.startswith("Save")).click().run()
     assert not app.exception and app.success
     assert Run.named("demo").load_config().data.sources == ["harmless-base", "helpful-base"]
-    assert len(app.dataframe) == 1 and len(app.get("plotly_chart")) == 1
+    assert len(app.dataframe) == 1 and len(app.get("plotly_chart")) == 1  # the sources; the cap's counts on request
+    assert [t.label for t in app.toggle] == ["Count what the cap keeps of each source"] and not app.toggle[0].value
 
 
 def test_sources_page_reports_a_bad_file_without_a_traceback(runs_dir, tmp_path):
@@ -62,3 +63,30 @@ def test_sources_page_reads_a_local_table(runs_dir, tmp_path):
     app.text_input[0].set_value(str(path)).run()
     assert not app.exception
     assert app.multiselect[0].options == ["crawl", "vendor"]
+
+
+def test_sources_page_counts_what_the_prompt_length_cap_keeps_and_warns(runs_dir, tmp_path):
+    from valuation.config import ModelConfig, RunConfig
+
+    turn = lambda role, text: {"role": role, "content": text}
+    chat = [turn("user", "tell me " * 30), turn("assistant", "well " * 30)]  # over 80 tokens: only the end fits
+    rows = ([{"prompt": f"short {i}?", "chosen": "a", "rejected": "b", "source": "short"} for i in range(40)]
+            + [{"prompt": [turn("user", f"opening {i}"), *chat, turn("user", "so?")], "chosen": "a", "rejected": "b",
+                "source": "chat"} for i in range(40)]
+            + [{"prompt": f"{i} " + "essay " * 150, "chosen": "a", "rejected": "b", "source": "essay"} for i in range(40)])
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    create_run("capped", RunConfig(model=ModelConfig(name="tiny")))
+    app = _app("capped")
+    app.radio[0].set_value("A local file or folder").run()
+    app.text_input[0].set_value(str(path)).run()
+    app.toggle[0].set_value(True).run()
+    assert not app.exception
+    fit = app.dataframe[1].value.set_index("source")
+    assert list(fit.columns) == ["whole", "truncated", "dropped", "kept share"]
+    train = fit.whole + fit.truncated + fit.dropped
+    assert (train > 0).all() and (fit.dropped == [0, train.essay, 0]).all()  # chat, essay, short
+    assert fit.truncated.chat == train.chat and fit.whole.short == train.short
+    assert fit["kept share"].tolist() == [1.0, 0.0, 1.0]
+    (warning,) = app.warning
+    assert f"essay ({train.essay} of {train.essay})" in warning.value and "chat (" not in warning.value
+    assert "short (" not in warning.value

@@ -250,6 +250,41 @@ def test_a_fresh_install_opens_on_the_demo_with_every_page_filled(browser, tmp_p
         page.close()
 
 
+@pytest.mark.skipif(not (ROOT / "assets" / "demo-run" / "config.yaml").exists(), reason="no demo run shipped yet")
+def test_the_report_opens_offline_with_every_chart_drawn(browser, tmp_path):
+    """`python -m valuation report` on the demo run, opened from disk with every network request blocked:
+    no page or console error, every chart drawn by the embedded plotly.js. Its picture: test-artifacts/report.png."""
+    from valuation.demo import install_demo
+    from valuation.report import write_report
+
+    path = write_report(install_demo(tmp_path / "runs"))
+    expected = path.read_text(encoding="utf-8").count('class="plotly-graph-div"')
+    context = browser.new_context(viewport={"width": 1300, "height": 1000})
+    requested, errors = [], []
+
+    def offline(route) -> None:
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            requested.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(path.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}")
+    charts = page.locator(".js-plotly-plot")
+    assert expected >= 2 and charts.count() == expected
+    assert all(charts.nth(k).locator(".main-svg").count() >= 1 for k in range(expected))
+    assert all(charts.nth(k).locator(".main-svg").first.bounding_box()["height"] > 100 for k in range(expected))
+    expect(page.get_by_role("heading", name="Caveats")).to_be_visible()
+    assert requested == [] and errors == []
+    snapshot(page, "report")
+    context.close()
+
+
 NAV_LINKS = "[data-testid='stSidebarNav'] a"
 
 

@@ -39,3 +39,25 @@ def test_estimate_launch_and_audit(runs_dir):
     status = wait_for_job(run, timeout_s=300)
     cancel_job(run)  # never leave a job behind a failed assertion
     assert status.kind == "evaluate" and status.state == "done", status.log_tail
+
+
+def test_a_reachable_ray_cluster_is_offered_and_its_flags_shown(runs_dir, monkeypatch):
+    from pages.ui import _reachable_cluster
+
+    random_adapter_run(runs_dir, "cluster", ["harmless-base", "helpful-base"], rewards=TINY_REWARDS, eval_prompts=4)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _reachable_cluster.clear()
+    app = _page("cluster")
+    assert not app.exception and not [r for r in app.radio if r.label == "Where to run"]
+    assert any("Runs on this machine" in c.value for c in app.caption)
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    _reachable_cluster.clear()
+    app = _page("cluster")
+    where = next(r for r in app.radio if r.label == "Where to run")
+    assert where.value == "this machine"  # the run's own backend until chosen
+    where.set_value("Ray cluster (ray://head:10001)").run()
+    assert not app.exception
+    shown = next(c.value for c in app.caption if "Runs in the background" in c.value)
+    assert "--backend ray --address ray://head:10001" in shown
+    _reachable_cluster.clear()

@@ -6,6 +6,8 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -14,18 +16,27 @@ from streamlit.testing.v1 import AppTest
 from conftest import APP, table_rows, write_jsonl
 from valuation.adapters import load_adapters, save_adapter
 from valuation.arithmetic import GenerationRequest, SamplingSettings, sample_coalitions
-from valuation.config import DataConfig, ModelConfig, RunConfig
+from valuation.config import DataConfig, ModelConfig, RewardConfig, RewardObjective, RunConfig
+from valuation.context import RunContext
 from valuation.models import load_model
 from valuation.playground import (
     Column,
     adapter_stamps,
+    coalition_preference,
     column_requests,
     default_columns,
     example_prompts,
+    preference_table,
+    reward_keys,
+    reward_notes,
     stream_columns,
     with_last_user_turn,
 )
+from valuation.preference import evaluate_preferences
+from valuation.progress import Reporter
+from valuation.rewards import load_reward, reward_accuracies, reward_models
 from valuation.runs import Run, create_run
+from valuation.sources import record_sources
 from valuation.splits import EvalPrompt
 
 SOURCES = ["alpha", "beta"]
@@ -33,9 +44,9 @@ MESSAGES = [{"role": "user", "content": "How do plants grow?"}]
 SETTINGS = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=6, seed=5)
 
 
-def make_run(root: Path, name: str = "demo", sources: list[str] = SOURCES) -> Run:
+def make_run(root: Path, name: str = "demo", sources: list[str] = SOURCES, pairs: int = 40) -> Run:
     """A run on the tiny model whose sources have random (untrained, but non-trivial) LoRA adapters."""
-    data = write_jsonl(root / f"{name}.jsonl", [row for s in ["alpha", "beta"] for row in table_rows(s, 40)])
+    data = write_jsonl(root / f"{name}.jsonl", [row for s in ["alpha", "beta"] for row in table_rows(s, pairs)])
     run = create_run(name, RunConfig(model=ModelConfig(name="tiny", device="cpu"), data=DataConfig(dataset=str(data))), root)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     for seed, source in enumerate(sources):
@@ -110,6 +121,45 @@ def test_a_stop_ends_every_column(coalition_model) -> None:
     final = list(stream)[-1]
     assert all(o.tokens <= 2 for o in final)
     assert {o.status for o in final} <= {"stopped", "end of text"}
+
+
+class LengthReward:
+    """A reward model whose score is known: the reply's length, plus `bonus`."""
+
+    def __init__(self, bonus: float) -> None:
+        self.bonus, self.key, self.scored = bonus, f"length+{bonus}", []
+
+    def score(self, prompts, responses, progress=None) -> np.ndarray:
+        assert prompts == [MESSAGES] and len(responses) == 1  # alone: its reward is the model's own score of it
+        self.scored += responses
+        return np.array([len(r) + self.bonus for r in responses])
+
+
+def test_a_column_is_scored_by_every_reward_model_when_it_finishes(coalition_model) -> None:
+    model, tokenizer = coalition_model
+    rewards = {"helpfulness": LengthReward(0.5), "harmlessness": LengthReward(-1.0)}
+    columns = [Column(), column("alpha"), column("alpha", "beta")]
+    seen = [[(o.status, o.rewards and dict(o.rewards)) for o in outputs]  # the list is updated in place: copy
+            for outputs in stream_columns(model, tokenizer, columns, MESSAGES, SETTINGS, rewards=rewards)]
+    final = list(stream_columns(model, tokenizer, columns, MESSAGES, SETTINGS, rewards=rewards))[-1]
+    for step in seen:
+        assert all((status == "generating") == (scored is None) for status, scored in step)
+    for output in final:  # each reward model's own score of the text shown
+        assert output.rewards == {"helpfulness": len(output.text) + 0.5, "harmlessness": len(output.text) - 1.0}
+    assert sorted(rewards["helpfulness"].scored) == sorted([o.text for o in final] * 2)  # once per run of the stream
+    plain = list(stream_columns(model, tokenizer, columns, MESSAGES, SETTINGS))[-1]
+    assert [o.text for o in plain] == [o.text for o in final] and all(o.rewards is None for o in plain)
+
+
+def test_reward_models_are_described_with_their_accuracy_and_near_chance_in_words() -> None:
+    accuracies = pd.DataFrame([{"objective": "helpfulness", "accuracy": 0.62, "lower": 0.57, "upper": 0.67,
+                                "pairs": 376.0, "near_chance": False},
+                               {"objective": "harmlessness", "accuracy": 0.52, "lower": 0.44, "upper": 0.60,
+                                "pairs": 150.0, "near_chance": True}])
+    notes = reward_notes(accuracies)
+    assert notes["helpfulness"] == "held-out accuracy 62.0% [57.0%, 67.0%] on 376 pairs"
+    assert notes["harmlessness"] == ("held-out accuracy 52.0% [44.0%, 60.0%] on 150 pairs: near chance, "
+                                     "its rewards may be noise")
 
 
 def test_prompts_and_conversations() -> None:
@@ -202,3 +252,60 @@ def test_page_without_adapters_explains_and_keeps_the_base_model(runs_dir: Path)
     generate.click().run()
     assert not at.exception
     assert len(at.text) == 1 and at.text[0].value
+
+
+def rewarded_run(root: Path) -> Run:
+    """A tiny run that an evaluation has been through: two reward models and the reward-free utilities."""
+    run = make_run(root, "rewarded", pairs=100)
+    config = run.load_config()
+    config.rewards = RewardConfig(objectives=[RewardObjective("helpfulness", ["alpha"]),
+                                              RewardObjective("harmlessness", ["beta"])],
+                                  max_length=64, batch_tokens=1024, layers=[1, 2], holdout_fraction=0.3)
+    run.save_config(config)
+    record_sources(run, config.data)
+    context = RunContext.open(run)
+    reporter = Reporter(root / "rewarded-events.jsonl")
+    reward_models(context, reporter)
+    evaluate_preferences(context, load_adapters(context.base, run, SOURCES), 8, reporter)
+    return run
+
+
+def test_page_shows_each_finished_columns_rewards_and_what_they_are_worth(runs_dir: Path) -> None:
+    run = rewarded_run(runs_dir)
+    at = open_page(runs_dir, "rewarded")
+    assert not at.exception
+    at.selectbox[0].set_value("Write your own prompt").run()
+    at.text_area[0].set_value(MESSAGES[0]["content"]).run()
+    (generate,) = [b for b in at.button if b.label == "Generate"]
+    generate.click().run()
+    assert not at.exception
+    outputs = at.session_state["playground_outputs"]["outputs"]
+    assert len(outputs) == 4 and all(o.status != "generating" for o in outputs)
+
+    # every reward shown is the reward model's own score of the text shown above it
+    loaded = load_model(ModelConfig(name="tiny", device="cpu"))
+    load_adapters(loaded, run)
+    models = {objective: load_reward(run, objective, loaded) for objective in reward_keys(run)}
+    assert list(models) == ["harmlessness", "helpfulness"]  # in the order the Shapley page lists them
+    shown = [m.value for m in at.metric]
+    assert [m.label for m in at.metric] == ["harmlessness reward", "helpfulness reward"] * 4
+    for k, output in enumerate(outputs):
+        for j, (objective, reward) in enumerate(models.items()):
+            own = reward.score([MESSAGES], [output.text])[0]
+            assert output.rewards[objective] == own
+            assert shown[2 * k + j] == f"{output.rewards[objective]:+.3f}"
+
+    # how far to trust them: each reward model's held-out accuracy, and each coalition's preference accuracy
+    captions = [c.value for c in at.caption]
+    footer = next(c for c in captions if c.startswith("Rewards are the run's reward models' scores"))
+    for objective, note in reward_notes(reward_accuracies(run)).items():
+        assert f"{objective}, {note}" in footer
+        assert ("near chance" in note) == bool(reward_accuracies(run).set_index("objective").near_chance[objective])
+    preferences = preference_table(run)
+    frame = pd.read_csv(run.path / "evaluation" / "preference.csv", dtype={"coalition": str}, keep_default_na=False)
+    for sources in (["alpha"], ["beta"], ["alpha", "beta"]):
+        said = coalition_preference(preferences, column(*sources))
+        accuracy = frame[frame.coalition == "+".join(sources)].preference_accuracy.mean()
+        assert said.startswith(f"accuracy {accuracy:.1%} [") and f"Held-out preference: {said}." in captions
+    assert "Held-out preference: the reference, 50% accuracy by definition." in captions
+    assert coalition_preference(preferences, column("alpha", "beta", merged=True)) is None  # a merge was not evaluated

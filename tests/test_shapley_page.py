@@ -14,8 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import (APP, GLOVE_SHAPLEY, GLOVES, additive_prompt_frame, glove_frame, labelled, write_sampled_evaluation,
                       write_utilities)
+from valuation.background import job_session, job_status
+from valuation.convergence import frame_convergence
 from valuation.runs import Run, create_run
-from valuation.values import load_run_utilities, value_sources, with_combined
+from valuation.values import ValuationConfig, load_run_utilities, value_sources, with_combined
 
 SAMPLED = [f"source-{i:02d}" for i in range(13)]  # one more than exact evaluation takes
 
@@ -96,7 +98,7 @@ def test_page_shows_the_librarys_values_with_intervals(tmp_path: Path, monkeypat
             f"{v_empty:.4f}") in " ".join(c.value for c in at.caption)
     (interactions,) = traces(at, "heatmap")
     np.testing.assert_allclose(numbers(interactions["z"]), 0, atol=1e-12)  # an additive game has no synergy
-    assert len(at.get("download_button")) == 2
+    assert len(at.get("download_button")) == 3  # values as CSV and JSON, the HTML report
 
 
     labelled(at.radio, "Method").set_value("Monte Carlo").run()
@@ -178,3 +180,74 @@ def test_a_pooled_evaluation_shows_its_target_its_ess_and_its_fallback(tmp_path:
     sequence = bars(at)  # the sequence table doubles every utility, so every value doubles
     for objective in ["helpfulness"]:  # harmlessness's reward model is at chance: not drawn
         assert np.allclose(numbers(sequence[objective]["y"]), 2 * numbers(token[objective]["y"]))
+
+
+def evaluated_order(frame: pd.DataFrame, prompts: list[str]) -> pd.DataFrame:
+    """The rows of `prompts`, prompt by prompt in that order: how an evaluation writes its chunks."""
+    return pd.concat([frame[frame.prompt == p] for p in prompts], ignore_index=True)
+
+
+def prompt_traces(at: AppTest, objective: str) -> dict[str, dict]:
+    """The lines of the chart of values against prompts finished, by source."""
+    charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    def title(chart: dict, axis: str) -> str | None:
+        return chart["layout"].get(axis, {}).get("title", {}).get("text")
+
+    (figure,) = [c for c in charts if (title(c, "xaxis"), title(c, "yaxis")) == ("prompts finished",
+                                                                                 f"{objective} Shapley value")]
+    return {t["name"]: t for t in figure["data"] if "name" in t}
+
+
+def test_while_an_evaluation_runs_the_values_so_far_converge_live(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run = demo_run(tmp_path)
+    frame = evaluated_order(additive_prompt_frame(n_prompts=8), ["p7", "p0", "p3", "p1", "p6", "p2"])  # 6 of 8 done
+    write_utilities(run.path, additive_prompt_frame(n_prompts=30, seed=1))  # the last evaluation's table
+    (run.path / "evaluation" / "settings.json").write_text(json.dumps({"prompts": 8, "chunk_prompts": 2}))
+    with job_session(run, "evaluate") as reporter:  # this process plays the evaluation
+        reporter.step("sampling chunk 4", 5, 24)
+        at = open_page(tmp_path, monkeypatch)
+        assert not at.exception
+        assert any("Values so far" in h.value for h in at.subheader)
+        assert any("Waiting for the first chunk" in i.value for i in at.info)  # not the last evaluation's values
+        assert not at.get("plotly_chart")
+
+        write_utilities(run.path, frame)  # chunks 1-3 rewrote it
+        at.run()  # a poll
+        assert not at.exception
+        assert [p.value for p in at.get("progress")] == [20]  # sampling chunk 4: 5/24
+        assert "From the 6 of 8 prompts finished so far" in " ".join(c.value for c in at.caption)
+        expected = value_sources(load_run_utilities(run.path)).shapley
+        assert list(bars(at)) == ["helpfulness"]  # harmlessness's reward model is at chance
+        np.testing.assert_allclose(numbers(bars(at)["helpfulness"]["y"]), expected.values[:, 0])
+        # the intervals as prompts were added, at the chunk boundaries, in the order the prompts were evaluated
+        trace = frame_convergence(frame, ValuationConfig(), chunk=2).query("objective == 'helpfulness'")
+        lines = prompt_traces(at, "helpfulness")
+        assert set(lines) == set(expected.players)
+        for player, line in lines.items():
+            rows = trace[trace.player == player]
+            np.testing.assert_allclose(numbers(line["x"]), [2, 4, 6])
+            np.testing.assert_allclose(numbers(line["y"]), rows.value)
+        assert not traces(at, "waterfall")  # the rest of the page waits for the end
+        assert any("appears when the evaluation ends" in c.value for c in at.caption)
+    assert job_status(run).state == "done"
+    at.run()  # the next poll sees it ended: the whole page, with the static convergence chart
+    assert not at.exception
+    assert not any("Values so far" in h.value for h in at.subheader)
+    assert any("Values as prompts were added" in h.value for h in at.subheader) and traces(at, "waterfall")
+    final = value_sources(load_run_utilities(run.path)).shapley  # the finished table: the last point is its value
+    for i, line in enumerate(prompt_traces(at, "helpfulness").values()):
+        assert numbers(line["x"])[-1] == 6 and np.isclose(numbers(line["y"])[-1], final.values[i, 0])
+
+
+def test_a_partial_table_that_lacks_coalitions_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = demo_run(tmp_path)
+    frame = additive_prompt_frame(n_prompts=4)
+    with job_session(run, "evaluate") as reporter:
+        reporter.log("direct evaluation")
+        write_utilities(run.path, frame[frame.coalition != frame.coalition.iloc[-1]])  # the grand coalition not yet
+        at = open_page(tmp_path, monkeypatch)
+        assert not at.exception
+        (said,) = [i.value for i in at.info if i.value.startswith("Values are not available yet")]
+        assert "lacks 1 of the 8 coalitions" in said
+        assert not at.get("plotly_chart")

@@ -18,7 +18,8 @@ from valuation.jobs import command, job_config, launch
 from valuation.preference import judged, read_verdicts
 from valuation.runs import Run, create_run
 from valuation.sources import record_sources
-from valuation.training import PRESETS, TrainConfig, select_pairs, source_progress, source_seed, training_curves
+from valuation.training import PRESETS, TrainConfig, select_pairs, source_seed
+from valuation.training_progress import source_progress, training_curves
 
 SOURCES = ["harmless-base", "helpful-base"]
 # Seconds per source on the tiny model: two or three optimiser steps on short sequences.
@@ -101,7 +102,7 @@ def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     record = json.loads((adapter_dir(run, "helpful-base") / "training.json").read_text())
     assert record["beta"] == 0.1 and record["base_model"] == "tiny"
     assert record["seed"] == source_seed(0, "helpful-base")
-    assert record["pairs_used"] == 4 and record["pairs_dropped_by_length"] >= 0
+    assert record["pairs_used"] == 4 and record["pairs_dropped_by_length"] >= 0 and record["pairs_truncated"] >= 0
     assert record["settings"]["max_length"] == 64 and record["history"]
     assert "sources" not in record["settings"] and "base_model_path" not in record  # no machine path in a run
     assert not list(adapter_dir(run, "helpful-base").glob("*.bin"))

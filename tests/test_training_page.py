@@ -76,18 +76,24 @@ def test_launch_then_cancel_from_the_page(runs_dir) -> None:
 
 def test_trained_adapters_are_listed_with_their_curves(runs_dir) -> None:
     run = create_run("done", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)))
+    dropped = {"harmless-base": 100, "helpful-base": 20}  # 100 of 250 pairs read: over a fifth
     for source in SOURCES:  # what training leaves (the weights' content does not matter to the page)
         folder = adapter_dir(run, source)
         folder.mkdir(parents=True)
         (folder / "adapter_config.json").write_text("{}")
         (folder / "adapter_model.safetensors").write_bytes(b"")
         history = [{"step": 1, "loss": 0.69, "accuracy": 0.5, "margin": 0.0}, {"step": 2, "loss": 0.6, "accuracy": 0.75, "margin": 0.2}]
-        record = {"beta": 0.1, "base_model": "tiny", "pairs_used": 150, "pairs_dropped_by_length": 20, "steps": 2,
+        record = {"beta": 0.1, "base_model": "tiny", "pairs_used": 150, "pairs_truncated": 30,
+                  "pairs_dropped_by_length": dropped[source], "steps": 2,
                   "final": history[-1], "history": history, "wall_time_s": 120}
         (folder / "training.json").write_text(json.dumps(record))
     at = open_page("done")
     assert not at.exception
-    assert list(at.dataframe[0].value.source) == SOURCES
+    table = at.dataframe[0].value
+    assert list(table.source) == SOURCES
+    assert table["truncated (length)"].tolist() == [30, 30] and table["dropped (length)"].tolist() == [100, 20]
+    (warning,) = [w for w in at.warning if "prompt length cap" in w.value]
+    assert "harmless-base (100 of 250)" in warning.value and "helpful-base" not in warning.value
     assert len(at.get("plotly_chart")) == 2  # saved curves, with no job in sight
     assert any("Already trained" in c.value for c in at.caption)
     assert any("trained before this run's last job record" in c.value for c in at.caption)

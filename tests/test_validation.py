@@ -129,7 +129,7 @@ def test_a_pooled_model_unlike_the_arithmetic_shows_its_gaps_both_ways(inputs, r
     forward, backward = (direct.kls[pair].sum() / tokens for pair in [("arithmetic", "pooled"), ("pooled", "arithmetic")])
     assert row.kl_reference_model == pytest.approx(forward, rel=1e-5)
     assert row.kl_model_reference == pytest.approx(backward, rel=1e-5)
-    assert abs(forward / backward - 1) > 1e-4  # the two directions differ by more than that: a swap would show
+    assert abs(forward / backward - 1) > 3e-5  # the directions differ by 3x the tolerance above: a swap would show
 
     def margin(name: str) -> float:  # beta * mean over pairs of the log-ratio gap against the base
         gain = direct.log_likelihoods[name] - direct.log_likelihoods["base"]

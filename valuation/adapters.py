@@ -85,6 +85,16 @@ def save_adapter(model: Any, run: Run | Path, source: str, record: dict[str, Any
     return target
 
 
+def install_adapter(run: Run | Path, source: str, files: dict[str, bytes]) -> Path:
+    """Write an adapter's files (as `save_adapter` made them elsewhere, say on a Ray worker) into the
+    run; the directory appears only when complete."""
+    target = adapter_dir(run, check_adapter_name(source))
+    with atomic_dir(target) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+    return target
+
+
 def remove_partial_adapters(run: Run) -> None:
     """Delete temporary directories a killed job left behind (call only while holding the run's lock)."""
     import shutil

@@ -89,6 +89,12 @@ class DataConfig:
     reward_fraction: float = helped(0.4, "Share of prompts kept for training reward models.")
     eval_prompts: int = helped(32, "Evaluation prompts, drawn evenly across the sources.")
     seed: int = helped(0, "Seed of the split (which prompt goes where).")
+    heldout_file: str = helped(
+        "",
+        "A trusted (gold) file of preference pairs (JSONL/CSV/Parquet: prompt, chosen, rejected, optional source) "
+        "held out from training: its pairs are split by prompt into the reward-model and evaluation parts, and "
+        "the sources' pairs all train adapters, less those whose prompt it holds. Empty: split the sources.",
+    )
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir or default_data_dir())
@@ -146,6 +152,12 @@ class RewardConfig:
     max_pairs: int = helped(2000, "Cap on each objective's reward pairs, a seeded random subset (0: all).")
     holdout_fraction: float = helped(0.2, "Share of each objective's pairs (by prompt) held out to measure its accuracy.")
     seed: int = helped(0, "Seed of the pair subset and the held-out part.")
+    head_bootstraps: int = helped(
+        20,
+        "Kind 'features': Bradley-Terry heads refit on bootstrap resamples of the training pairs (seconds on the "
+        "features already extracted), stored beside the head and folded into the Shapley intervals (0: none). "
+        "It never changes the main head, so changing it does not retrain a reward model.",
+    )
 
     def validate(self) -> None:
         if self.kind not in ("features", "hub"):
@@ -171,6 +183,38 @@ class RewardConfig:
                               "and rewards.max_pairs 0 (all) or positive.")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"rewards.holdout_fraction={self.holdout_fraction}: use a share in (0, 1), e.g. 0.2.")
+        if self.head_bootstraps < 0 or self.head_bootstraps == 1:
+            raise ConfigError(f"rewards.head_bootstraps={self.head_bootstraps}: use 0 (none) or at least 2 heads.")
+
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass
+class BackendConfig:
+    backend: str = helped("local", "Where a job's parallel parts run (training one adapter per source, evaluating "
+                                   "chunks of prompts): 'local' (this process) or 'ray' (a Ray cluster).")
+    address: str = helped("", "Ray: the cluster, 'auto' (the one `ray start` runs on this machine), "
+                              "'ray://host:10001', or empty for a Ray started for this job alone.")
+    gpus_per_task: float = helped(0.0, "Ray: GPUs each training task and evaluation worker holds (1 with the paper preset on GPUs).")
+    cpus_per_task: float = helped(1.0, "Ray: CPU cores each training task and evaluation worker holds.")
+    workers: int = helped(0, "Ray: evaluation workers, each loading the base model and every adapter once "
+                             "(0: as many as the cluster's resources hold, at most one per chunk).")
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r}: use 'local' or 'ray'.")
+        if self.gpus_per_task < 0 or self.cpus_per_task <= 0 or self.workers < 0:
+            raise ConfigError("gpus_per_task must be 0 or more, cpus_per_task more than 0, workers 0 or more.")
+        if self.backend == "local" and (self.address or self.gpus_per_task or self.workers):
+            raise ConfigError("address, gpus_per_task and workers are Ray settings: add --backend ray, or leave them out.")
+
+    def describe(self) -> str:
+        if self.backend == "local":
+            return "on this machine"
+        where = f"Ray cluster {self.address}" if self.address else "a Ray started for this job"
+        gpus = f", {self.gpus_per_task:g} GPU" if self.gpus_per_task else ""
+        return f"on {where}, {self.cpus_per_task:g} CPU{gpus} per task"
 
 
 @dataclass
@@ -179,11 +223,14 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "The preference data and its split."})
     rewards: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "The reward models (objectives)."})
     seed: int = helped(0, "Run seed: every per-source seed derives from it and the source's name.")
+    backend: BackendConfig = field(default_factory=BackendConfig,
+                                   metadata={"help": "Where jobs run by default (a job's flags override it)."})
 
     def validate(self) -> None:
         self.model.validate()
         self.data.validate()
         self.rewards.validate()
+        self.backend.validate()
 
 
 def to_dict(config: Any) -> dict[str, Any]:

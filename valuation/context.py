@@ -3,8 +3,10 @@ run again.
 
     context = RunContext.open(run)
     context.config      the RunConfig (config.yaml), read here
+    context.backend     where the job's parallel parts run: the run's backend, or the job's own
     context.data        every pair of the run's dataset, read on first use
-    context.split       the recorded split (split.json), rebuilt from its pair ids on first use
+    context.split       the recorded split (split.json), rebuilt from its pair ids on first use (over
+                        the dataset and the trusted held-out file, when the run has one)
     context.base        the base model and tokenizer, loaded on first use and shared by every step
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from .config import RunConfig, every_source
+from .config import BackendConfig, RunConfig, every_source
 from .runs import Run, RunError
 
 if TYPE_CHECKING:
@@ -27,10 +29,12 @@ if TYPE_CHECKING:
 class RunContext:
     run: Run
     config: RunConfig
+    backend: BackendConfig
 
     @classmethod
-    def open(cls, run: Run) -> RunContext:
-        return cls(run, run.load_config())
+    def open(cls, run: Run, backend: BackendConfig | None = None) -> RunContext:
+        config = run.load_config()
+        return cls(run, config, backend or config.backend)
 
     @property
     def sources(self) -> list[str]:
@@ -45,13 +49,13 @@ class RunContext:
 
     @cached_property
     def split(self) -> Split:
-        from .splits import read_split
+        from .splits import load_gold, read_split
 
         recorded = self.run.load_split()
         if recorded is None:
             raise RunError(f"Run {self.run.name!r} has no split yet: choose its sources on the Sources page "
                            f"(or `python -m valuation sources --run {self.run.path}`).")
-        return read_split(self.data, recorded)
+        return read_split(self.data, recorded, load_gold(self.config.data))
 
     @cached_property
     def base(self) -> LoadedModel:

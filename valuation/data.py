@@ -262,9 +262,9 @@ def _json_or_none(text: str) -> Any:
 # Plain tables: JSONL, CSV or Parquet with prompt, chosen, rejected and a source column
 
 
-def load_table_path(path: Path) -> PreferenceData:
-    """A table with a `source` column, a table without one (its file name is the source), or a
-    folder of tables, one source per file."""
+def load_table_path(path: Path, default_source: str = "") -> PreferenceData:
+    """A table with a `source` column, a table without one (its file name is the source, or
+    `default_source` when given), or a folder of tables, one source per file."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(TABLE_SUFFIXES))
         if not files:
@@ -275,7 +275,7 @@ def load_table_path(path: Path) -> PreferenceData:
             raise DataError(f"{path}: duplicate source name(s) {twice}: two files share a name; rename one.")
         rows = (row for p in files for row in _table_rows(p, default_source=_stem(p)))
         return _collect(rows, str(path), _parse_table_row)
-    return _collect(_table_rows(path, default_source=_stem(path)), str(path), _parse_table_row)
+    return _collect(_table_rows(path, default_source=default_source or _stem(path)), str(path), _parse_table_row)
 
 
 def _stem(path: Path) -> str:

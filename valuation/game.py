@@ -33,10 +33,10 @@ from .coalitions import EXACT_MAX_PLAYERS, Coalition, all_coalitions, coalition_
 from .config import ConfigError, helped, to_dict
 from .errors import UserError
 from .monte_carlo import permutation_shapley
-from .estimators import evaluate_pooled, sample_directly
+from .estimators import Engine, evaluate_pooled, sample_directly, shard_runner
 from .pooled import anchor_coalitions
 from .preference import evaluate_preferences
-from .samples import evaluation_dir, read_jsonl, record_throughput
+from .samples import evaluation_dir, read_jsonl, record_throughput, scoring_keys
 from .shapley import CachedGame
 from .splits import EvalPrompt
 from .storage import atomic_write_json
@@ -207,17 +207,20 @@ def run_evaluate(context: RunContext, config: EvaluationConfig, reporter: Report
     for stale in ("utilities-sequence.csv", "estimation.csv"):  # from an earlier evaluation of another kind
         (folder / stale).unlink(missing_ok=True)
 
-    rewards = reward_models(context, reporter)
+    rewards = reward_models(context, reporter)  # trained here if missing: every worker loads the same ones
+    reward_keys = {objective: scoring_keys(reward) for objective, reward in rewards.items()}
     reporter.log(f"{config.estimator} evaluation: {len(coalitions)} coalitions of {len(sources)} sources on "
-                 f"{len(prompts)} prompts")
-    model = load_adapters(context.base, run, sources)
+                 f"{len(prompts)} prompts ({context.backend.describe()})")
+    engine = Engine(load_adapters(context.base, run, sources), context.base.tokenizer, rewards)
     started = time.monotonic()
-    if config.estimator == "direct":
-        sample_directly(context, model, config, prompts, coalitions, rewards, reporter, write=True)
-    else:
-        evaluate_pooled(context, model, config, prompts, coalitions, rewards, reporter)
-    evaluate_preferences(context, model, config.max_new_tokens, reporter)  # the reward-free utilities
+    with shard_runner(context, engine, reporter) as runner:
+        if config.estimator == "direct":
+            sample_directly(context, runner, config, prompts, coalitions, reward_keys, write=True)
+        else:
+            evaluate_pooled(context, runner, config, prompts, coalitions, reward_keys, reporter)
+    evaluate_preferences(context, engine.model, config.max_new_tokens, reporter)  # the reward-free utilities
     cost = evaluation_cost(sources, coalitions, config)
-    record_throughput(run, cost.decode_row_tokens + cost.teacher_forced_tokens, time.monotonic() - started)
+    if context.backend.backend == "local":  # the estimate is for this machine
+        record_throughput(run, cost.decode_row_tokens + cost.teacher_forced_tokens, time.monotonic() - started)
     reporter.log(f"utilities written to {folder / 'utilities.csv'}")
     return folder / "utilities.csv"

@@ -7,7 +7,9 @@ job), and runs one either here, in the foreground (`run_job`, what the command l
 background process that outlives the page that started it (`launch`, what the app does). Both
 paths hold the run's lock, so one job works on a run at a time. The command line makes each job's
 flags from its config's fields (`valuation.flags`), and `launch` writes the same flags back, so a
-job launched from the app is exactly the command it shows.
+job launched from the app is exactly the command it shows. Every job also takes the backend flags
+(`config.BackendConfig`: --backend ray --address auto ...): where its parallel parts run, the run's
+own backend unless a flag says otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .background import Job, job_session, launch_job
-from .config import PROJECT_ROOT, preset_config, to_dict
+from .config import PROJECT_ROOT, BackendConfig, preset_config, to_dict
 from .context import RunContext
 from .flags import flags_of
 from .game import PRESETS as EVALUATE_PRESETS, EvaluationConfig, run_evaluate
@@ -59,19 +61,21 @@ def job_config(job: str, preset: str | None = None, **overrides: Any) -> Any:
     return preset_config(kind.config, kind.presets, preset or kind.default_preset, overrides)
 
 
-def run_job(run: Run, job: str, config: Any) -> Any:
-    """Run `job` here, holding the run's lock, and record how it ended (done, failed, cancelled)."""
+def run_job(run: Run, job: str, config: Any, backend: BackendConfig | None = None) -> Any:
+    """Run `job` from here, holding the run's lock, and record how it ended (done, failed, cancelled)."""
     run.load_config()  # a clear error for a missing or broken run, before its lock and job files exist
     with job_session(run, job) as reporter:
-        return run_in_session(run, job, config, reporter)
+        return run_in_session(run, job, config, reporter, backend)
 
 
-def run_in_session(run: Run, job: str, config: Any, reporter: Reporter) -> Any:
+def run_in_session(run: Run, job: str, config: Any, reporter: Reporter, backend: BackendConfig | None = None) -> Any:
     """The job's work, inside a `job_session` the caller holds (a bad config is recorded as its error)."""
     config.validate()
+    context = RunContext.open(run, backend)
+    context.backend.validate()
     quiet_libraries()
-    reporter.event("start", job=job, settings=to_dict(config))
-    return JOBS[job].run(RunContext.open(run), config, reporter)
+    reporter.event("start", job=job, settings=to_dict(config), backend=to_dict(context.backend))
+    return JOBS[job].run(context, config, reporter)
 
 
 def quiet_libraries() -> None:
@@ -88,14 +92,15 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def command(run: Run, job: str, config: Any) -> list[str]:
+def command(run: Run, job: str, config: Any, backend: BackendConfig | None = None) -> list[str]:
     """The arguments of `python -m valuation` that run `job` with `config`: the preset it is closest
-    to, then a flag for each field that differs from it; the run's path relative to the project
-    when inside it."""
+    to, then a flag for each field that differs from it, then the backend's flags where it differs
+    from the run's; the run's path relative to the project when inside it."""
     kind = JOBS[job]
     preset = min(kind.presets, key=lambda name: len(flags_of(config, kind.presets[name])))
     chosen = [] if preset == kind.default_preset else ["--preset", preset]
-    return [job, "--run", shown_path(run.path), *chosen, *flags_of(config, kind.presets[preset])]
+    where = flags_of(backend, run.load_config().backend) if backend is not None else []
+    return [job, "--run", shown_path(run.path), *chosen, *flags_of(config, kind.presets[preset]), *where]
 
 
 def shown_path(path: Path) -> str:
@@ -103,8 +108,10 @@ def shown_path(path: Path) -> str:
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
-def launch(run: Run, job: str, config: Any) -> Job:
+def launch(run: Run, job: str, config: Any, backend: BackendConfig | None = None) -> Job:
     """Check the config and the run now (mistakes show at once), then run `job` in the background."""
     config.validate()
     run.load_config()
-    return launch_job(run, job, command(run, job, config))
+    if backend is not None:
+        backend.validate()
+    return launch_job(run, job, command(run, job, config, backend))

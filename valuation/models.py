@@ -83,6 +83,16 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def load_model_tokenizer(config: ModelConfig | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model `config` names, without loading its weights: for counting tokens
+    (a hub model's tokenizer files alone are fetched)."""
+    config = config or ModelConfig()
+    config.validate()
+    if config.name in ("embedded", "tiny") or Path(config.name).expanduser().is_dir():
+        return load_tokenizer(model_path(config.name))  # converted or built once, then read from the cache
+    return load_tokenizer(_hub_snapshot(config.name, TOKENIZER_FILES))
+
+
 def model_path(name: str) -> Path | str:
     """A local directory with HF weights for `name`, converting or building it on first use."""
     if name == "embedded":
@@ -94,12 +104,16 @@ def model_path(name: str) -> Path | str:
     return _hub_snapshot(name)
 
 
-def _hub_snapshot(model_id: str) -> str:
-    """Download (or find in the HF cache) a hub model; explain what to do when offline."""
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.jinja"]  # the same without the weights
+
+
+def _hub_snapshot(model_id: str, files: list[str] = MODEL_FILES) -> str:
+    """Download (or find in the HF cache) a hub model's `files`; explain what to do when offline."""
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+        return snapshot_download(model_id, allow_patterns=files)
     except Exception as error:  # offline, unknown id, gated repo: one clear message for all
         raise ModelLoadError(
             f"Cannot load model {model_id!r}: it is not a local directory and the hub did not provide it "

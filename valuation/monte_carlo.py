@@ -157,29 +157,63 @@ def bootstrap_intervals(
     seed: int | None = 0,
     interval: Literal["percentile", "t"] = "percentile",
 ) -> ValuationResult:
-    """Exact Shapley values with intervals from the spread over prompts.
+    """Exact Shapley values with intervals from the spread over prompts, and over the reward
+    model's training pairs for the objectives whose table holds bootstrap heads (`table.heads`).
 
     Shapley is linear in v, so each prompt's game has its own Shapley value, all in one product,
     and their mean is the Shapley value of the mean utility. Percentile: resample prompts with
     replacement `n_boot` times. t: mean +- t * sd / sqrt(n_prompts).
+
+    With heads, the value depends on two independent samples, the evaluation prompts and the
+    reward model's training pairs, so a bootstrap replicate resamples both: it draws one of the K
+    heads (each refit on a resample of the training pairs) uniformly and scores the resampled
+    prompts under it (a nested bootstrap; the K refits stand in for fresh resamples of the pairs).
+    The values stay the main head's, and the heads' values are centred on them (each source's are
+    shifted by the heads' mean offset from the main head's): the heads add their spread, not a shift,
+    which would be the bootstrap's own bias (a refit on a resample with duplicates fits more sharply,
+    so its values run larger in magnitude) plus the noise of a mean of K. The t-interval adds the
+    between-head variance of the values to the prompts' (the law of total variance). Objectives
+    without heads are unchanged.
     """
     players = tuple(players)
+    weights = shapley_weights(len(players))
     u = values_by_mask(players, table.prompt_values)  # [2^n, m, p]
-    per_prompt = np.einsum("si,smp->imp", shapley_weights(len(players)), u)  # [n, m, p]
+    per_prompt = np.einsum("si,smp->imp", weights, u)  # [n, m, p]
     values = per_prompt.mean(-1)
     n_prompts = u.shape[-1]
     alpha = 1 - confidence
+    heads = {k: _head_values(players, table, objective, weights) for k, objective in enumerate(table.objectives)
+             if table.heads is not None and table.heads.count(objective)}  # objective index -> [K, n, p]
+    heads = {k: phi - (phi.mean((0, 2)) - values[:, k])[None, :, None] for k, phi in heads.items()}  # centred
     if interval == "t":
         if n_prompts < 2:
             raise ValueError("a t-interval needs at least 2 prompts")
         stderr = per_prompt.std(-1, ddof=1) / np.sqrt(n_prompts)
+        for k, phi in heads.items():
+            stderr[:, k] = np.sqrt(stderr[:, k] ** 2 + phi.mean(-1).var(0, ddof=1))
         half = _t_quantile(1 - alpha / 2, n_prompts - 1) * stderr
         lower, upper = values - half, values + half
     else:
         # a bootstrap replicate reweights each prompt by how often it was drawn
         counts = np.random.default_rng(seed).multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot)
         boot = per_prompt @ counts.T / n_prompts  # [n, m, n_boot]
+        # Heads from their own stream, so the prompts' draws (and objectives without heads) are unchanged.
+        draw = np.random.default_rng(None if seed is None else [seed, 1])
+        for k, phi in heads.items():
+            head = draw.integers(len(phi), size=n_boot)
+            for h in range(len(phi)):
+                boot[:, k, head == h] = phi[h] @ counts[head == h].T / n_prompts
         stderr = boot.std(-1, ddof=1)
         lower, upper = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=-1)
+    counted = {table.heads.count(table.objectives[k]) for k in heads}
+    spread = (f" and {'/'.join(map(str, sorted(counted)))} reward heads "
+              f"({', '.join(table.objectives[k] for k in heads)})") if heads else ""
     return ValuationResult(players, table.objectives, values, (u[-1] - u[0]).mean(-1),
-                           f"exact shapley, {interval} interval over {n_prompts} prompts", stderr, lower, upper)
+                           f"exact shapley, {interval} interval over {n_prompts} prompts{spread}", stderr, lower, upper)
+
+
+def _head_values(players: tuple[str, ...], table: UtilityTable, objective: str, weights: np.ndarray) -> np.ndarray:
+    """[K, n, p]: each bootstrap head's per-prompt Shapley values of `objective`."""
+    utilities = table.heads.per_prompt[objective]
+    u = values_by_mask(players, lambda coalition: utilities[coalition])  # [2^n, K, p]
+    return np.einsum("si,skp->kip", weights, u)

@@ -4,6 +4,10 @@ A column is a coalition of the run's sources. Its model is not trained: it is th
 arithmetic of `arithmetic.py`, log pi_S = sum_{l in S} log pi_l + (1 - |S|) log pi_0 - log Z, or, as
 an ablation, the members' LoRA updates merged in weight space (`merging.py`).
 
+A finished column is scored by every reward model of the run (`valuation.rewards`), beside what
+says how far to trust those numbers: each reward model's held-out accuracy, and the coalition's own
+held-out preference accuracy (reward-free, `valuation.preference`).
+
 All columns decode together in one `stream_coalitions` call with the same prompt and the same
 (prompt, sample) indices, so they share one stream of random numbers: where two columns'
 distributions agree they draw the same token, and where they differ the difference is the models',
@@ -14,17 +18,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from .adapters import RECORD_FILE, adapter_dir, trained_sources
-from .arithmetic import GenerationRequest, Messages, SamplingSettings, stream_coalitions
+from .arithmetic import MODEL_LOCK, GenerationRequest, Messages, SamplingSettings, stream_coalitions
 from .coalitions import Coalition, formula
+from .preference import judged
+from .rewards import read_reward_card, reward_accuracies
 from .runs import Run
 from .splits import EvalPrompt
+from .storage import digest
+from .utility_table import UtilityTable
+from .values import load_utilities, target_tables
+
+if TYPE_CHECKING:
+    from .reward_models import RewardModel
 
 MAX_COLUMNS = 4  # coalition columns beside the base model's
 
@@ -84,6 +98,7 @@ class ColumnOutput:
     tokens: int = 0
     seconds: float = 0.0
     status: str = "generating"  # "generating", then "end of text", "token limit" or "stopped"
+    rewards: dict[str, float] | None = None  # objective -> reward of the finished text, once scored
 
     @property
     def caption(self) -> str:
@@ -91,9 +106,10 @@ class ColumnOutput:
 
 
 def stream_columns(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, columns: Sequence[Column],
-                   messages: Messages, settings: SamplingSettings,
-                   stop_event: threading.Event | None = None) -> Iterator[list[ColumnOutput]]:
-    """Every column's output so far, after each decoding step (the same list, updated in place)."""
+                   messages: Messages, settings: SamplingSettings, stop_event: threading.Event | None = None,
+                   rewards: Mapping[str, RewardModel] | None = None) -> Iterator[list[ColumnOutput]]:
+    """Every column's output so far, after each decoding step (the same list, updated in place);
+    with `rewards`, a column is scored by each reward model in the step it finishes."""
     requests = column_requests(model, columns, messages)
     outputs = [ColumnOutput() for _ in columns]
     start = time.perf_counter()
@@ -105,7 +121,22 @@ def stream_columns(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, c
             stopped = stop_event is not None and stop_event.is_set()
             status = "end of text" if generation.finished_by_eos else "stopped" if stopped else "token limit"
             outputs[index] = ColumnOutput(generation.text, generation.num_tokens, generation.seconds, status)
+        if rewards:
+            score_outputs(rewards, messages, [outputs[index] for index in update.finished])
         yield outputs
+
+
+def score_outputs(rewards: Mapping[str, RewardModel], messages: Messages, outputs: Sequence[ColumnOutput]) -> None:
+    """Each output's reward under every reward model, set in place. Each text is scored alone, so its
+    reward is exactly `model.score([messages], [text])` (in reduced precision, packing replies together
+    moves a score in its third decimal). A feature reward model reads the shared coalition model with
+    its adapters switched off, so scoring holds the model's lock like every forward pass."""
+    for output in outputs:
+        if output.rewards is not None or not rewards:
+            continue
+        with MODEL_LOCK:
+            output.rewards = {objective: float(model.score([messages], [output.text])[0])
+                              for objective, model in rewards.items()}
 
 
 def mark_stopped(outputs: Sequence[ColumnOutput]) -> None:
@@ -143,3 +174,46 @@ def with_last_user_turn(messages: Messages, text: str) -> Messages:
 def adapter_stamps(run: Run) -> tuple[tuple[str, float], ...]:
     """(source, modification time of its training record) for every trained adapter: changes when one is retrained."""
     return tuple((source, (adapter_dir(run, source) / RECORD_FILE).stat().st_mtime) for source in trained_sources(run))
+
+
+# -----------------------------------------------------------------------------
+# how far to trust a column's rewards
+
+
+def reward_keys(run: Run) -> dict[str, str]:
+    """objective -> the key of the reward model the run holds for it (what `load_reward` gives it):
+    changes when the reward model is retrained, so a cached one is loaded again."""
+    cards = {objective: read_reward_card(run, objective) for objective in reward_accuracies(run).objective}
+    return {objective: digest(card["key"]) for objective, card in cards.items() if card and "key" in card}
+
+
+def reward_notes(accuracies: pd.DataFrame) -> dict[str, str]:
+    """objective -> its reward model's held-out accuracy with its interval, in words, saying so when
+    it is near chance (`rewards.is_near_chance`: the interval includes 50%)."""
+    notes = {}
+    for row in accuracies.itertuples():
+        note = f"held-out accuracy {row.accuracy:.1%} [{row.lower:.1%}, {row.upper:.1%}] on {row.pairs:.0f} pairs"
+        if row.near_chance:
+            note += ": near chance, its rewards may be noise"
+        notes[row.objective] = note
+    return notes
+
+
+def preference_table(run: Run) -> UtilityTable | None:
+    """The run's reward-free utilities on held-out pairs (evaluation/preference.csv), or None before an evaluation."""
+    path = target_tables(run).get("preference")
+    return load_utilities(path) if path is not None else None
+
+
+def coalition_preference(table: UtilityTable | None, column: Column) -> str | None:
+    """The column's held-out preference accuracy and implicit reward margin with their 95% intervals,
+    in words; None where the table has no such coalition (a weight-space merge is not in it)."""
+    if table is None or column.is_merge or table.per_prompt is None or column.sources not in table.per_prompt:
+        return None
+    if not column.sources:
+        return "the reference, 50% accuracy by definition"
+    margins = table.prompt_values(column.sources)[table.objectives.index("reward_margin")]
+    verdict = judged(margins)
+    return (f"accuracy {verdict['accuracy']:.1%} [{verdict['accuracy_lower']:.1%}, {verdict['accuracy_upper']:.1%}], "
+            f"reward margin {verdict['margin']:+.3f} [{verdict['margin_lower']:+.3f}, {verdict['margin_upper']:+.3f}] "
+            f"on {len(margins)} pairs")

@@ -28,7 +28,7 @@ blocks of coalitions so that 2^16 of them and more fit in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

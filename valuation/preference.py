@@ -98,8 +98,7 @@ def evaluate_preferences(context: RunContext, model: Any, tokens: int, reporter:
     from .adapters import read_record
 
     sources = context.sources
-    by_id = {pair.pair_id: pair for pair in context.data.pairs}
-    pairs = [by_id[prompt.prompt_id] for prompt in context.split.eval_prompts]
+    pairs = context.split.eval_pairs  # from the sources, or from the trusted held-out file
     key = digest({"adapters": {s: digest(read_record(context.run, s)) for s in sources},
                   "pairs": [p.pair_id for p in pairs], "tokens": tokens})
     folder = evaluation_dir(context.run)
@@ -125,13 +124,14 @@ VERDICT_PAIRS = 32  # held-out pairs per source: enough for an interval, a few s
 
 def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: int = VERDICT_PAIRS,
                      tokens: int = 64) -> pd.DataFrame:
-    """Per trained adapter, on held-out pairs of its own source (the split's eval part): preference
+    """Per trained adapter, on held-out pairs of its own source (the split's eval part; with a trusted
+    held-out file, the gold set's evaluation pairs, `splits.judging_pairs`): preference
     accuracy and implicit reward margin against the base, with 95% intervals, and a verdict:
     'learned' when the margin's interval lies above 0, 'learned the opposite' below it, else
     'indistinguishable from the base'. Written to adapters/heldout.csv, kept while the adapters are."""
     from .adapters import adapters_dir, load_adapters, read_record, trained_sources
     from .scoring import score_coalitions
-    from .splits import part_of
+    from .splits import judging_pairs
 
     sources = trained_sources(context.run)
     path = adapters_dir(context.run) / VERDICTS_FILE
@@ -141,7 +141,7 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
     model = load_adapters(context.base, context.run, sources)
     rows = []
     for source in sources:
-        pairs = [p for p in context.data.pairs if p.source == source and part_of(p, context.config.data) == "eval"]
+        pairs = judging_pairs(source, context.data, context.split, context.config.data)
         heldout = held_out(context.base.tokenizer, pairs[:pairs_per_source], tokens)
         scored = score_coalitions(model, context.base.tokenizer, responses_of(heldout), [frozenset(), frozenset([source])],
                                   progress=reporter.stage(f"{source}: held-out pairs"))

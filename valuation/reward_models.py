@@ -227,14 +227,74 @@ class BradleyTerryHead:
 
 
 @dataclass
+class BootstrapHeads:
+    """K Bradley-Terry heads, each refit (standardisation included) on a bootstrap resample of the
+    training pairs: the reward model's own sampling noise. Head k scores f . weight[k] + bias[k],
+    which is its r(f) = w_k . (f - mean_k) / std_k folded into one affine map (a K x d matrix)."""
+
+    weight: torch.Tensor  # [K, d]
+    bias: torch.Tensor  # [K]
+
+    @classmethod
+    def fit(cls, chosen: torch.Tensor, rejected: torch.Tensor, l2: float, heads: int, seed: int,
+            groups: list[str] | None = None) -> "BootstrapHeads":
+        """`heads` refits of `BradleyTerryHead.fit` on pairs drawn with replacement; with `groups`
+        (each pair's prompt) whole prompts are drawn, so pairs sharing a prompt stay together."""
+        rng = np.random.default_rng(seed)
+        keys = groups if groups is not None else list(range(len(chosen)))
+        clusters: dict = {}
+        for i, key in enumerate(keys):
+            clusters.setdefault(key, []).append(i)
+        members = list(clusters.values())
+        weights, biases = [], []
+        for _ in range(heads):
+            drawn = rng.integers(len(members), size=len(members))
+            rows = torch.tensor([i for c in drawn for i in members[c]])
+            head = BradleyTerryHead.fit(chosen[rows], rejected[rows], l2)
+            weights.append(head.weight / head.std)
+            biases.append(-(head.mean / head.std) @ head.weight)
+        return cls(torch.stack(weights), torch.stack(biases))
+
+    def __len__(self) -> int:
+        return int(self.weight.shape[0])
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """[responses, K]: every response's reward under every head."""
+        return features.float() @ self.weight.T + self.bias
+
+    def save(self, path: Path) -> None:
+        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> "BootstrapHeads | None":
+        """The stored heads, or None when the file is absent or unreadable (the intervals then cover
+        prompts only; the main head does not depend on them)."""
+        try:
+            tensors = load_file(str(path))
+            return cls(tensors["weight"], tensors["bias"])
+        except Exception:  # absent, truncated or foreign: optional, so no error
+            return None
+
+
+@dataclass
 class FeatureRewardModel:
     name: str
     features: FeatureExtractor
     head: BradleyTerryHead
     key: str = ""  # a digest of what produced it (`RewardModel.key`)
+    bootstrap: BootstrapHeads | None = None
+    bootstrap_key: str = ""  # which bootstrap heads: stored bootstrap rewards are reused only under the same key
 
     def score(self, prompts: list[Messages], responses: list[str], progress: Progress | None = None) -> np.ndarray:
         return self.head(self.features(prompts, responses, progress)).double().numpy()
+
+    def score_heads(self, prompts: list[Messages], responses: list[str], progress: Progress | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the main head's rewards [responses], every bootstrap head's [K, responses] or None),
+        from one feature extraction."""
+        features = self.features(prompts, responses, progress)
+        heads = None if self.bootstrap is None else self.bootstrap(features).T.double().numpy()
+        return self.head(features).double().numpy(), heads
 
 
 # -----------------------------------------------------------------------------

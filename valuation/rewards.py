@@ -6,6 +6,9 @@ disjoint by prompt from every source's training pairs and from the evaluation pr
 models live in the run:
 
     rewards/<objective>/head.safetensors   the Bradley-Terry head (kind 'features')
+    rewards/<objective>/bootstrap.safetensors   `head_bootstraps` heads refit on bootstrap resamples of
+                                           its training pairs (kind 'features'; absent in older runs):
+                                           the reward model's own noise, for the Shapley intervals
     rewards/<objective>/reward.json        its card: what produced it (`key`), the pairs it trained
                                            on, and its held-out accuracy with a 95% interval
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from .config import ConfigError, DataConfig, RewardConfig, RewardObjective, helped, to_dict
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
 
 HELPFUL_HUB_ID = "Ray2333/gpt2-large-helpful-reward_model"
 HARMLESS_HUB_ID = "Ray2333/gpt2-large-harmless-reward_model"
-HEAD_FILE, CARD_FILE = "head.safetensors", "reward.json"
+HEAD_FILE, CARD_FILE, BOOTSTRAP_FILE = "head.safetensors", "reward.json", "bootstrap.safetensors"
 REWARD_SALT = "rewards\x00"  # reward-model subsets and held-out parts draw independently of the split
 
 
@@ -95,8 +99,14 @@ def is_near_chance(interval: tuple[float, float] | list[float]) -> bool:
 def pairwise_accuracy(model: RewardModel, pairs: list[PreferencePair], progress: Progress | None = None) -> float:
     """Share of pairs whose chosen reply scores above the rejected one (ties count half)."""
     scores = model.score([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs], progress)
-    chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
-    return float(((chosen > rejected) + 0.5 * (chosen == rejected)).mean())
+    return float(_accuracy(scores))
+
+
+def _accuracy(scores: np.ndarray) -> np.ndarray:
+    """[..., 2 * pairs] scores, the chosen replies first -> [...] shares of pairs won (ties count half)."""
+    half = scores.shape[-1] // 2
+    chosen, rejected = scores[..., :half], scores[..., half:]
+    return ((chosen > rejected) + 0.5 * (chosen == rejected)).mean(-1)
 
 
 # -----------------------------------------------------------------------------
@@ -161,6 +171,8 @@ def reward_models(context: RunContext, reporter: Reporter) -> dict[str, RewardMo
 def _cache_key(config: RewardConfig, objective: RewardObjective, base: LoadedModel, data: DataConfig) -> dict[str, Any]:
     """Everything that decides a reward model; a cached one is reused only when all of it matches."""
     split = {k: v for k, v in to_dict(data).items() if k != "sources"}
+    if not split["heldout_file"]:  # unset: the key of runs made before the setting existed
+        del split["heldout_file"]
     pairs = {"sources": objective.sources, "max_pairs": config.max_pairs, "holdout_fraction": config.holdout_fraction,
              "seed": config.seed, "data": split}
     if config.kind == "hub":
@@ -171,7 +183,7 @@ def _cache_key(config: RewardConfig, objective: RewardObjective, base: LoadedMod
 
 def _build(run: Run, base: LoadedModel, config: RewardConfig, objective: RewardObjective, key: dict[str, Any],
            pairs: ObjectivePairs, reporter: Reporter) -> None:
-    from .reward_models import BradleyTerryHead, FeatureExtractor, FeatureRewardModel, HubRewardModel
+    from .reward_models import BootstrapHeads, BradleyTerryHead, FeatureExtractor, FeatureRewardModel, HubRewardModel
 
     started = time.monotonic()
     card: dict[str, Any] = {"objective": objective.name, "kind": config.kind, "key": key}
@@ -191,7 +203,22 @@ def _build(run: Run, base: LoadedModel, config: RewardConfig, objective: RewardO
             model = FeatureRewardModel(objective.name, features, head)
             card |= {**features.settings(), "l2": config.l2, "feature_size": int(chosen.shape[1]),
                      "train_accuracy": float(((head(chosen) > head(rejected)).float().mean()))}
-        accuracy = pairwise_accuracy(model, pairs.heldout, reporter.stage(f"{objective.name}: held-out accuracy"))
+            if config.head_bootstraps:  # the main head above is the same with or without them
+                seed = int(digest({"seed": config.seed, "objective": objective.name, "salt": "heads"}), 16)
+                model.bootstrap = BootstrapHeads.fit(chosen, rejected, config.l2, config.head_bootstraps, seed,
+                                                     [p.prompt_key for p in train])
+                model.bootstrap.save(folder / BOOTSTRAP_FILE)
+                card["bootstrap"] = {"heads": config.head_bootstraps, "resampled": "training prompts",
+                                     "key": digest({"reward": key, "heads": config.head_bootstraps, "seed": seed})}
+        stage = reporter.stage(f"{objective.name}: held-out accuracy")
+        held = pairs.heldout
+        if isinstance(model, FeatureRewardModel) and model.bootstrap is not None:
+            scores, heads = model.score_heads([p.prompt for p in held] * 2, [p.chosen for p in held] + [p.rejected for p in held],
+                                              stage)
+            accuracy = float(_accuracy(scores))
+            card["bootstrap"]["heldout_accuracy"] = [float(a) for a in np.quantile(_accuracy(heads), [0, 0.5, 1])]
+        else:
+            accuracy = pairwise_accuracy(model, held, stage)
         correct = round(accuracy * len(pairs.heldout))
         card |= {"heldout_accuracy": accuracy, "interval": list(wilson_interval(correct, len(pairs.heldout))),
                  "heldout_pairs": len(pairs.heldout), "seconds": round(time.monotonic() - started, 1),
@@ -239,7 +266,7 @@ def reward_accuracies(run: Run) -> pd.DataFrame:
 
 def load_reward(run: Run, objective: str, base: LoadedModel) -> RewardModel:
     """A reward model the run holds, without training; a clear error when there is none."""
-    from .reward_models import BradleyTerryHead, FeatureExtractor, FeatureRewardModel, HubRewardModel
+    from .reward_models import BootstrapHeads, BradleyTerryHead, FeatureExtractor, FeatureRewardModel, HubRewardModel
 
     card = read_reward_card(run, objective)
     if card is None:
@@ -251,7 +278,21 @@ def load_reward(run: Run, objective: str, base: LoadedModel) -> RewardModel:
     if card["base_model"] != base.name:
         raise RewardError(f"Reward model {objective!r} reads features of {card['base_model']!r}, not of {base.name!r}: retrain it.")
     features = FeatureExtractor(base, card["layers"], card["max_length"], card["autocast"])
-    return FeatureRewardModel(objective, features, BradleyTerryHead.load(rewards_dir(run) / objective / HEAD_FILE), key)
+    head = BradleyTerryHead.load(rewards_dir(run) / objective / HEAD_FILE)
+    bootstrap = BootstrapHeads.load(rewards_dir(run) / objective / BOOTSTRAP_FILE) if card.get("bootstrap") else None
+    return FeatureRewardModel(objective, features, head, key, bootstrap, card["bootstrap"]["key"] if bootstrap else "")
+
+
+def bootstrap_heads(card: dict[str, Any] | None) -> tuple[int, str]:
+    """(how many bootstrap heads a reward card records, their key), or (0, why there are none)."""
+    if card is None:
+        return 0, "no reward model card"
+    if card.get("kind") == "hub":
+        return 0, "a hub reward model cannot be refit"
+    info = card.get("bootstrap")
+    if not isinstance(info, dict) or not info.get("heads"):
+        return 0, "trained without bootstrap heads, which retraining adds"
+    return int(info["heads"]), str(info["key"])
 
 
 # -----------------------------------------------------------------------------

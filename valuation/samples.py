@@ -2,6 +2,8 @@
 
     <run>/evaluation/samples/<key>/chunk-NNNN.jsonl            one chunk of prompts' generations
     <run>/evaluation/scores/<objective>/<key>/chunk-NNNN.json  their rewards under one reward model
+                                                               (and, under `bootstrap`, under each of
+                                                               its bootstrap heads: K lists)
     <run>/evaluation/weights/<key>/chunk-NNNN.json             (pooled) their log-likelihoods under
                                                                every target and anchor
 
@@ -72,12 +74,13 @@ class SampleSet:
     def weights_path(self, index: int) -> Path:
         return evaluation_dir(self.run) / "weights" / self.key / f"{chunk_name(index)}.json"
 
-    def sample(self, index: int, prompts: list[EvalPrompt], generate: Callable[[], list[Generation]]) -> bool:
-        """Generate chunk `index` unless it is stored; True when it had to be generated."""
+    def sample(self, index: int, prompt_ids: dict[int, str], generate: Callable[[], list[Generation]]) -> bool:
+        """Generate chunk `index` unless it is stored (`prompt_ids`: a generation's prompt index -> its
+        prompt's id); True when it had to be generated."""
         path = self.samples_path(index)
         if path.exists():
             return False
-        rows = [{"coalition": sorted(g.coalition), "prompt_id": prompts[g.prompt_index].prompt_id,
+        rows = [{"coalition": sorted(g.coalition), "prompt_id": prompt_ids[g.prompt_index],
                  "prompt_index": g.prompt_index, "sample": g.sample_index, "text": g.text, "tokens": g.num_tokens,
                  "token_ids": g.token_ids, "finished_by_eos": g.finished_by_eos} for g in generate()]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
@@ -85,26 +88,55 @@ class SampleSet:
 
     def score(self, index: int, rewards: dict[str, RewardModel], messages: dict[str, list[dict]],
               reporter: Reporter) -> None:
-        """Rewards of chunk `index` under every reward model that has not scored it yet."""
+        """Rewards of chunk `index` under every reward model that has not scored it yet; a reward
+        model with bootstrap heads (`FeatureRewardModel.score_heads`) also stores each head's rewards,
+        from the same features, and scores again a chunk stored without them."""
         rows = None
         for objective, reward in rewards.items():
             target = self.scores_path(objective, index)
-            if target.exists() and json.loads(target.read_text()).get("reward_key") == reward.key:
+            heads_key = scoring_keys(reward)[1]
+            if self.is_scored(objective, index, *scoring_keys(reward)):
                 continue
             rows = rows if rows is not None else read_jsonl(self.samples_path(index))
-            scores = reward.score([messages[r["prompt_id"]] for r in rows], [r["text"] for r in rows],
-                                  reporter.stage(f"{objective} rewards, chunk {index + 1}"))
-            atomic_write_json(target, {"reward_key": reward.key, "scores": [float(s) for s in scores]})
+            args = ([messages[r["prompt_id"]] for r in rows], [r["text"] for r in rows],
+                    reporter.stage(f"{objective} rewards, chunk {index + 1}"))
+            scores, heads = reward.score_heads(*args) if heads_key else (reward.score(*args), None)
+            record: dict[str, Any] = {"reward_key": reward.key, "scores": [float(s) for s in scores]}
+            if heads is not None:
+                record |= {"bootstrap_key": heads_key, "bootstrap": [[float(s) for s in head] for head in heads]}
+            atomic_write_json(target, record)
 
-    def frame(self, index: int, objectives: list[str]) -> pd.DataFrame | None:
-        """Chunk `index`'s generations with a reward column per objective; None until all are stored."""
+    def is_scored(self, objective: str, index: int, reward_key: str, heads_key: str = "") -> bool:
+        """Whether chunk `index` holds this reward model's scores (and its bootstrap heads', if any)."""
+        path = self.scores_path(objective, index)
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        return stored.get("reward_key") == reward_key and (not heads_key or stored.get("bootstrap_key") == heads_key)
+
+    def frame(self, index: int, objectives: list[str], heads: dict[str, str] | None = None) -> pd.DataFrame | None:
+        """Chunk `index`'s generations with a reward column per objective; None until all are stored.
+
+        `heads` (objective -> the bootstrap key its reward card records) adds a column per bootstrap
+        head, `head_column(objective, k)`, where the chunk was scored by those heads."""
         paths = {o: self.scores_path(o, index) for o in objectives}
         if not self.samples_path(index).exists() or not all(p.exists() for p in paths.values()):
             return None
         frame = pd.DataFrame(read_jsonl(self.samples_path(index)))
         for objective, path in paths.items():
-            frame[objective] = json.loads(path.read_text())["scores"]
+            stored = json.loads(path.read_text())
+            frame[objective] = stored["scores"]
+            if heads and heads.get(objective) and stored.get("bootstrap_key") == heads[objective]:
+                frame = frame.assign(**{head_column(objective, k): h for k, h in enumerate(stored["bootstrap"])})
         return frame
+
+
+def head_column(objective: str, k: int) -> str:
+    """The column of bootstrap head k's rewards (objective names hold no '@')."""
+    return f"{objective}@{k}"
+
+
+def scoring_keys(reward: RewardModel) -> tuple[str, str]:
+    """What decides a reward model's stored scores: its key, and its bootstrap heads' ("" without)."""
+    return reward.key, getattr(reward, "bootstrap_key", "")
 
 
 def mean_rewards(frames: list[pd.DataFrame], objectives: list[str]) -> pd.DataFrame:

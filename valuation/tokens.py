@@ -23,3 +23,34 @@ def reply_ids(tokenizer: PreTrainedTokenizerBase, reply: str, end: bool = False)
     """A reply's tokens; with `end`, closed by the end token (a finished reply, as a reward model reads it)."""
     ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
     return ids + [tokenizer.eos_token_id] if end and tokenizer.eos_token_id is not None else ids
+
+
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+               max_tokens: int) -> list[dict[str, str]] | None:
+    """The conversation cut to `max_tokens` prompt tokens (through the chat template) by its end.
+
+    A conversation that fits is returned as it is. A longer one keeps its last user turn and as many
+    turns before it as fit, dropping whole turns from the front so that it still opens with a user
+    turn; a system message stays in front when the last user turn fits beside it. None when not
+    even the last user turn fits.
+    """
+    def fits(conversation: list[dict[str, str]]) -> bool:
+        return len(prompt_ids(tokenizer, conversation)) <= max_tokens
+
+    if fits(messages):
+        return messages
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    starts = [i for i, m in enumerate(turns) if m["role"] == "user"]  # where a cut conversation may open
+    for head in ([system, []] if system else [[]]):
+        # Shorter suffixes tokenize shorter: binary search for the longest one that fits.
+        low, high, best = 0, len(starts) - 1, None
+        while low <= high:
+            middle = (low + high) // 2
+            if fits(head + turns[starts[middle]:]):
+                best, high = middle, middle - 1
+            else:
+                low = middle + 1
+        if best is not None:
+            return head + turns[starts[best]:]
+    return None

@@ -22,20 +22,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .adapters import check_adapter_name, read_record, remove_partial_adapters, save_adapter, trained_sources
+from .adapters import (check_adapter_name, install_adapter, read_record, remove_partial_adapters, save_adapter,
+                       trained_sources)
 from .config import ConfigError, helped, settings_of
 from .errors import UserError
-from .tokens import prompt_ids
+from .tokens import fit_prompt
 from .preference import adapter_verdicts
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from .context import RunContext
     from .data import PreferencePair
     from .models import LoadedModel
     from .progress import Reporter
-    from .runs import Run
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -57,7 +55,9 @@ class TrainConfig:
     scheduler: str = helped("cosine", "Learning-rate schedule after warm-up: 'cosine', 'linear' or 'constant'.")
     weight_decay: float = helped(0.0, "AdamW weight decay.")
     max_length: int = helped(128, "Tokens of prompt plus reply; a longer reply is cut at the end.")
-    max_prompt_length: int = helped(80, "Pairs whose prompt (through the chat template) is longer are dropped and counted.")
+    max_prompt_length: int = helped(80, "Prompt tokens (through the chat template): a longer prompt keeps its last user turn "
+                                        "and the earlier turns that fit; a pair whose last user turn alone is longer is "
+                                        "dropped. Both are counted.")
     beta: float = helped(0.1, "DPO beta: the KL strength. Adapters combine only when trained with the same beta.")
     lora_r: int = helped(8, "LoRA rank.")
     lora_alpha: int = helped(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -108,27 +108,44 @@ def source_seed(run_seed: int, source: str) -> int:
 # ---------------------------------------------------------------- data
 
 
+DROPPED_WARNING = 0.2  # a source whose cap drops more than this share of the pairs it reads is warned about
+
+
+def too_many_dropped(kept: int, dropped: int) -> bool:
+    """Whether the prompt length cap dropped more than DROPPED_WARNING of the pairs it read."""
+    return dropped > DROPPED_WARNING * (kept + dropped)
+
+
 @dataclass
 class SourcePairs:
     rows: list[dict[str, Any]]  # TRL's conversational preference format
-    dropped: int  # pairs whose prompt exceeded max_prompt_length
+    whole: int  # rows whose prompt fits max_prompt_length as it is
+    truncated: int  # rows whose prompt keeps only its end (tokens.fit_prompt)
+    dropped: int  # pairs whose last user turn alone exceeds max_prompt_length
+
+    @property
+    def too_many_dropped(self) -> bool:
+        return too_many_dropped(len(self.rows), self.dropped)
 
 
 def select_pairs(pairs: list["PreferencePair"], tokenizer: Any, config: TrainConfig) -> SourcePairs:
-    """The first `max_pairs` pairs whose prompt fits, as conversations; count the ones that did not."""
-    rows, dropped = [], 0
+    """The first `max_pairs` pairs whose prompt fits once cut to its end, as conversations; count the
+    ones kept whole, the ones cut and the ones dropped."""
+    rows, truncated, dropped = [], 0, 0
     for pair in pairs:
         if config.max_pairs and len(rows) == config.max_pairs:
             break
-        if len(prompt_ids(tokenizer, pair.prompt)) > config.max_prompt_length:
+        prompt = fit_prompt(tokenizer, pair.prompt, config.max_prompt_length)
+        if prompt is None:
             dropped += 1
             continue
+        truncated += prompt is not pair.prompt
         rows.append({
-            "prompt": pair.prompt,
+            "prompt": prompt,
             "chosen": [{"role": "assistant", "content": pair.chosen}],
             "rejected": [{"role": "assistant", "content": pair.rejected}],
         })
-    return SourcePairs(rows, dropped)
+    return SourcePairs(rows, len(rows) - truncated, truncated, dropped)
 
 
 # ---------------------------------------------------------------- progress
@@ -202,10 +219,15 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
     selected = select_pairs(pairs, loaded.tokenizer, config)
     if not selected.rows:
         raise TrainingError(
-            f"Source {name!r} has no training pair whose prompt fits max_prompt_length={config.max_prompt_length} "
-            f"({selected.dropped} dropped): raise --max-prompt-length."
+            f"Source {name!r} has no training pair whose last user turn fits max_prompt_length="
+            f"{config.max_prompt_length} ({selected.dropped} dropped): raise --max-prompt-length."
         )
-    reporter.log(f"{name}: {len(selected.rows)} pairs ({selected.dropped} dropped by the prompt length cap), seed {seed}")
+    reporter.log(f"{name}: {len(selected.rows)} pairs ({selected.whole} whole, {selected.truncated} truncated to their "
+                 f"last turns, {selected.dropped} dropped by the prompt length cap), seed {seed}")
+    if selected.too_many_dropped:
+        reporter.log(f"warning: {name} loses {selected.dropped} of the {len(selected.rows) + selected.dropped} pairs read "
+                     f"(over {DROPPED_WARNING:.0%}): even their last user turn is longer than max_prompt_length="
+                     f"{config.max_prompt_length}; its value reflects only its shorter prompts. Raise --max-prompt-length.")
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_targets, task_type="CAUSAL_LM")
     history: list[dict[str, Any]] = []
@@ -219,7 +241,8 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
             callbacks=[_progress_callback(reporter, name, history)],
         )
         trainer.remove_callback(PrinterCallback)
-        reporter.event("source_start", source=name, pairs=len(selected.rows), dropped=selected.dropped)
+        reporter.event("source_start", source=name, pairs=len(selected.rows), truncated=selected.truncated,
+                       dropped=selected.dropped)
         trainer.train()
     final = history[-1] if history else {}
     record = {
@@ -230,6 +253,7 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout, "targets": config.lora_targets},
         "seed": seed,
         "pairs_used": len(selected.rows),
+        "pairs_truncated": selected.truncated,  # kept, their prompt cut to its end
         "pairs_dropped_by_length": selected.dropped,
         "steps": trainer.state.global_step,
         "final": {k: final.get(k) for k in ("loss", "accuracy", "margin")},
@@ -244,6 +268,25 @@ def train_source(context: RunContext, source: str, config: TrainConfig, reporter
     seed = source_seed(context.config.seed, source)
     model, record = fit_adapter(context.fresh_model(), source, context.split.train[source], config, seed, reporter)
     save_adapter(model, context.run, source, record)
+    return saved(source, record, reporter)
+
+
+def train_sources(context: RunContext, sources: list[str], config: TrainConfig, reporter: Reporter) -> dict[str, dict]:
+    """Every source's adapter, one after another here, or all at once on a Ray cluster (each task
+    returns its adapter's files, written here: `cluster.train_on_ray`); their records."""
+    if context.backend.backend == "local":
+        return {source: train_source(context, source, config, reporter) for source in sources}
+    from .cluster import train_on_ray
+
+    records = {}
+    for source, files, record in train_on_ray(context, sources, config, reporter):
+        install_adapter(context.run, source, files)
+        records[source] = saved(source, record, reporter)
+    return records
+
+
+def saved(source: str, record: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """Report a source's adapter as saved; its record."""
     reporter.event("source_done", source=source, wall_time_s=record["wall_time_s"], **record["final"])
     loss = record["final"]["loss"]
     reporter.log(f"{source}: saved adapter after {record['wall_time_s']:.0f}s, final loss {float('nan') if loss is None else loss:.4f}")
@@ -287,85 +330,9 @@ def run_train(context: RunContext, config: TrainConfig, reporter: Reporter) -> d
     skipped = [s for s in chosen if s not in todo]
     if skipped:
         reporter.log(f"already trained, skipped: {', '.join(skipped)}")
-    records = {source: train_source(context, source, config, reporter) for source in todo}
+    records = train_sources(context, todo, config, reporter)
     reporter.log(f"done: {len(records)} adapter(s) trained in {context.run.path / 'adapters'}")
     for row in adapter_verdicts(context, reporter).itertuples():  # did each adapter learn? (held-out pairs)
         reporter.log(f"{row.source}: {row.verdict} (held-out margin {row.margin:+.3f} [{row.margin_lower:+.3f}, "
                      f"{row.margin_upper:+.3f}], accuracy {row.accuracy:.2f} on {row.pairs} pairs)")
     return records
-
-
-# ---------------------------------------------------------------- reading progress (for the app)
-
-
-@dataclass
-class SourceProgress:
-    source: str
-    state: str  # waiting, training, done, or skipped (already trained)
-    step: int = 0
-    total: int | None = None
-    eta_s: float | None = None
-
-    @property
-    def fraction(self) -> float:
-        if self.state in ("done", "skipped"):
-            return 1.0
-        return self.step / self.total if self.total else 0.0
-
-
-def source_progress(events: list[dict[str, Any]]) -> list[SourceProgress]:
-    """Each source of the job's latest start, with how far it got, from its progress events."""
-    starts = [i for i, e in enumerate(events) if e["event"] == "job_start"]
-    if not starts:
-        return []
-    start = events[starts[-1]]
-    progress = {s: SourceProgress(s, "waiting" if s in start["todo"] else "skipped") for s in start["sources"]}
-    for event in events[starts[-1] + 1:]:
-        entry = progress.get(event.get("source", event.get("stage")))
-        if entry is None:
-            continue
-        if event["event"] == "source_start":
-            entry.state = "training"
-        elif event["event"] == "step":
-            entry.state, entry.step, entry.total, entry.eta_s = "training", event["done"], event["total"], event.get("eta")
-        elif event["event"] == "source_done":
-            entry.state = "done"
-    return list(progress.values())
-
-
-def training_curves(run: Run, events: list[dict[str, Any]]) -> pd.DataFrame:
-    """Loss, reward accuracy and margin by step and source: saved adapters' curves, then live ones."""
-    import pandas as pd
-
-    rows = []
-    trained = trained_sources(run)
-    for source in trained:
-        rows += [{"source": source, **point} for point in read_record(run, source).get("history", [])]
-    rows += [
-        {"source": e["stage"], "step": e["done"], **{k: e.get(k) for k in ("loss", "accuracy", "margin")}}
-        for e in events if e["event"] == "step" and "loss" in e and e["stage"] not in trained  # training steps only
-    ]
-    return pd.DataFrame(rows, columns=["source", "step", "loss", "accuracy", "margin"])
-
-
-def adapter_table(run: Run) -> pd.DataFrame:
-    """One row per trained adapter: what it was trained on and how it ended."""
-    import pandas as pd
-
-    rows = []
-    for source in trained_sources(run):
-        record = read_record(run, source)
-        final = record.get("final", {})
-        rows.append({
-            "source": source,
-            "pairs": record.get("pairs_used"),
-            "dropped (length)": record.get("pairs_dropped_by_length"),
-            "steps": record.get("steps"),
-            "final loss": final.get("loss"),
-            "reward accuracy": final.get("accuracy"),
-            "reward margin": final.get("margin"),
-            "minutes": round(record.get("wall_time_s", 0) / 60, 1),
-            "base model": record.get("base_model"),
-            "beta": record.get("beta"),
-        })
-    return pd.DataFrame(rows)

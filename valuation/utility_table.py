@@ -7,7 +7,7 @@ Pure numpy and pandas; no UI imports.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 
 import numpy as np
@@ -28,6 +28,20 @@ def _lookup(table: Mapping[Coalition, np.ndarray], coalition: Coalition) -> np.n
 
 
 @dataclass(frozen=True)
+class RewardHeads:
+    """A table's per-prompt utilities again under each bootstrap head of its reward models
+    (`valuation.reward_spread`): what the Shapley intervals need to carry the reward model's noise."""
+
+    per_prompt: Mapping[str, Mapping[Coalition, np.ndarray]]  # objective -> coalition -> [K, n_prompts]
+    missing: Mapping[str, str] = field(default_factory=dict)  # objective -> why it has no heads (a hub model, ...)
+
+    def count(self, objective: str) -> int:
+        """How many heads `objective` has (0: none)."""
+        utilities = self.per_prompt.get(objective)
+        return 0 if not utilities else len(next(iter(utilities.values())))
+
+
+@dataclass(frozen=True)
 class UtilityTable:
     """Measured utilities v(S), one per objective; optionally one per prompt too.
 
@@ -39,6 +53,7 @@ class UtilityTable:
     values: Mapping[Coalition, np.ndarray]  # [m] mean utility per objective
     per_prompt: Mapping[Coalition, np.ndarray] | None = None  # [m, n_prompts], same prompt order
     prompts: tuple[str, ...] | None = None
+    heads: RewardHeads | None = None  # per-head utilities of the same coalitions and prompts, where stored
 
     @classmethod
     def from_csv(cls, path: str | PathLike[str]) -> UtilityTable:

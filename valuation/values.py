@@ -29,7 +29,7 @@ from .errors import UserError
 from .monte_carlo import bootstrap_intervals, permutation_shapley
 from .runs import Run
 from .shapley import ValuationResult, exact_banzhaf, exact_shapley, pairwise_interactions
-from .utility_table import UtilityTable
+from .utility_table import RewardHeads, UtilityTable
 
 METHODS = ("auto", "exact", "permutation")
 EVALUATION_SETTINGS = ("method", "permutations", "seed")  # what the evaluation decided about which coalitions exist
@@ -69,11 +69,15 @@ def evaluation_settings_path(run: Run | str | PathLike[str]) -> Path:
 
 
 def load_utilities(path: str | PathLike[str]) -> UtilityTable:
+    """A utility table; a run's reward utilities come with their reward models' bootstrap heads
+    where the run stores them (`valuation.reward_spread`), so their intervals carry that noise too."""
+    from .reward_spread import with_reward_heads
+
     path = Path(path)
     if not path.is_file():
         raise UtilityError(f"no utility table at {path}")
     with _table_errors(str(path)):
-        return UtilityTable.from_csv(path)
+        return with_reward_heads(path, UtilityTable.from_csv(path))
 
 
 def load_run_utilities(run: Run | str | PathLike[str], target: str | None = None) -> UtilityTable:
@@ -141,8 +145,25 @@ def with_combined(table: UtilityTable, weight: float, first: str, second: str,
         return np.concatenate([u, weight * u[a:a + 1] + (1 - weight) * u[b:b + 1]])
 
     per_prompt = None if table.per_prompt is None else {c: combine(u) for c, u in table.per_prompt.items()}
-    return replace(table, objectives=(*table.objectives, name),
+    return replace(table, objectives=(*table.objectives, name), heads=_combined_heads(table, weight, first, second, name),
                    values={c: combine(u) for c, u in table.values.items()}, per_prompt=per_prompt)
+
+
+def _combined_heads(table: UtilityTable, weight: float, first: str, second: str, name: str) -> RewardHeads | None:
+    """The combination's utilities under head k: head k of each objective that has heads (the two
+    were refit independently, so any pairing is a draw of both), its main utilities otherwise."""
+    heads = table.heads
+    if heads is None or not (heads.count(first) or heads.count(second)):
+        return heads
+    k = min(c for c in (heads.count(first), heads.count(second)) if c)
+    a, b = table.objectives.index(first), table.objectives.index(second)
+
+    def under(objective: str, row: int, coalition) -> np.ndarray:  # [K, n_prompts]
+        own = heads.per_prompt.get(objective)
+        return own[coalition][:k] if own else table.per_prompt[coalition][row][None]
+
+    combined = {c: weight * under(first, a, c) + (1 - weight) * under(second, b, c) for c in table.per_prompt}
+    return replace(heads, per_prompt={**heads.per_prompt, name: combined})
 
 
 # -----------------------------------------------------------------------------
@@ -212,6 +233,28 @@ class Valuation:
     @property
     def has_intervals(self) -> bool:
         return self.shapley.lower is not None
+
+    def interval_note(self) -> str:
+        """What the intervals cover, in words: prompts always; each reward model's training pairs
+        where its bootstrap heads are stored; why not where they are not (a hub model cannot be refit)."""
+        if not self.has_intervals:
+            return "No intervals: the table has one utility per coalition. Per-prompt utilities give bootstrap intervals."
+        if "permutation" in self.shapley.method:
+            covered = "The intervals cover the Monte Carlo sampling of orders only"
+        else:
+            heads, nested = self.table.heads, "reward heads" in self.shapley.method  # the nested bootstrap ran
+            spread = [f"{o} ({heads.count(o)} heads)" for o in self.objectives if nested and heads.count(o)]
+            covered = ("The intervals cover the spread over prompts and over the reward model's training pairs (its "
+                       f"head refit on bootstrap resamples) for {', '.join(spread)}" if spread
+                       else "The intervals cover the spread over prompts only")
+            reasons: dict[str, list[str]] = {}
+            for objective, why in (heads.missing.items() if heads is not None else ()):
+                if objective in self.objectives:
+                    reasons.setdefault(why, []).append(objective)
+            said = "; ".join(f"{', '.join(objectives)}: {why}" for why, objectives in reasons.items())
+            if said:
+                covered += f"; over prompts only for {said}" if spread else f" ({said})"
+        return covered + ". Each source has one adapter (one training seed), so adapter training noise is not in them."
 
     def spans_zero(self) -> np.ndarray:
         """[n, m]: the interval includes zero (all False without intervals)."""

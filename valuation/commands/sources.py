@@ -17,16 +17,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--run", help="A run directory (runs/NAME): record the chosen sources and split there.")
     parser.add_argument("--sources", nargs="*", default=[], help=field_help(DataConfig, "sources"))
+    parser.add_argument("--heldout-file", default="", help=field_help(DataConfig, "heldout_file"))
     parser.add_argument("--new", action="store_true", help="Create the run if it does not exist yet.")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_preferences
     from ..runs import Run, create_run
-    from ..sources import describe_sources, record_sources
+    from ..sources import describe_provenance, describe_sources, record_sources
 
     data_config = DataConfig(dataset=args.data, data_dir=args.data_dir,
-                             ultrafeedback_file=args.ultrafeedback_file, sources=args.sources)
+                             ultrafeedback_file=args.ultrafeedback_file, sources=args.sources,
+                             heldout_file=args.heldout_file)
     data_config.validate()
     data = load_preferences(data_config)
     print(describe_sources(data).to_string())
@@ -43,4 +45,5 @@ def run(args: argparse.Namespace) -> int:
         summary = split.summary()
         print(f"recorded in {run_dir.config_path}: sources {sorted(summary['train_pairs'])}, "
               f"{len(summary['eval_prompt_ids'])} evaluation prompts")
+        print(f"provenance: {describe_provenance(summary)}")
     return 0

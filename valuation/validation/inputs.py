@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..adapters import adapter_dir, save_adapter, trained_sources
 from ..config import preset_config
-from ..tokens import prompt_ids
+from ..tokens import fit_prompt
 from ..preference import HeldOut, held_out
-from ..splits import part_of
+from ..splits import judging_pairs
 from ..training import PRESETS as TRAINING_PRESETS, TrainConfig, fit_adapter, source_seed
 from .settings import ValidationConfig, ValidationError, results_dir
 
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 class Inputs:
     """What every experiment reads: the job's settings, the run's training pairs, two held-out sets.
 
-    `heldout`: short pairs of the split's eval part (prompts within the training cap, taken evenly
-    across sources), for comparing trained models: teacher-forced passes cost as many rows as models.
+    `heldout`: short pairs of the split's eval part (prompts cut to the training cap as training cuts
+    them, taken evenly across sources), for comparing trained models: teacher-forced passes cost as
+    many rows as models.
     `evaluation`: the pairs behind the run's evaluation prompts, whatever their length, so that the
     accuracy utility lines up, prompt by prompt, with the evaluation's utilities.
     """
@@ -61,14 +62,14 @@ def read_inputs(context: RunContext, config: ValidationConfig) -> Inputs:
     training = preset_config(TrainConfig, TRAINING_PRESETS, config.training_preset)
     tokenizer = context.base.tokenizer
 
-    # The eval part is disjoint by prompt from every training pair (splits.py).
-    eval_part = {s: [p for p in context.data.pairs if p.source == s and part_of(p, context.config.data) == "eval"]
-                 for s in context.split.train}
+    # The eval part (or the gold set's) is disjoint by prompt from every training pair (splits.py).
+    eval_part = {s: judging_pairs(s, context.data, context.split, context.config.data) for s in context.split.train}
     per_source = -(-config.heldout_pairs // len(eval_part))  # ceil
     short = [fitting_pairs(pairs, tokenizer, training.max_prompt_length, per_source) for pairs in eval_part.values()]
-    evenly = [p for row in zip_longest(*short) for p in row if p is not None][:config.heldout_pairs]
-    by_id = {pair.pair_id: pair for pair in context.data.pairs}
-    behind_prompts = [by_id[prompt.prompt_id] for prompt in context.split.eval_prompts]
+    # Once each: with a trusted held-out file every source is judged on the same gold pairs.
+    evenly = list({p.pair_id: p for row in zip_longest(*short) for p in row if p is not None}.values())
+    evenly = evenly[:config.heldout_pairs]
+    behind_prompts = context.split.eval_pairs
     heldout, evaluation = (held_out(tokenizer, pairs, config.response_tokens) for pairs in (evenly, behind_prompts))
     if not heldout:
         raise ValidationError(f"Run {context.run.name!r} has no eval-part pair whose prompt fits "
@@ -77,8 +78,10 @@ def read_inputs(context: RunContext, config: ValidationConfig) -> Inputs:
 
 
 def fitting_pairs(pairs: list[PreferencePair], tokenizer: Any, max_prompt_length: int, count: int) -> list[PreferencePair]:
-    """The first `count` pairs whose prompt fits: exactly what training takes (training.select_pairs)."""
-    return list(islice((p for p in pairs if len(prompt_ids(tokenizer, p.prompt)) <= max_prompt_length), count))
+    """The first `count` pairs whose prompt fits once cut to its end (tokens.fit_prompt), with that
+    prompt: exactly what training takes (training.select_pairs)."""
+    fitted = ((p, fit_prompt(tokenizer, p.prompt, max_prompt_length)) for p in pairs)
+    return list(islice((replace(p, prompt=prompt) for p, prompt in fitted if prompt is not None), count))
 
 
 def adapter_name(epochs: float, members: str) -> str:
