@@ -70,6 +70,14 @@ def test_no_cluster_is_offered_when_none_runs(monkeypatch, tmp_path: Path) -> No
     assert reachable_cluster() is None
 
 
+def test_a_job_without_parallel_parts_says_it_runs_where_it_starts(tmp_path: Path) -> None:
+    from valuation.background import job_dir
+
+    run = random_adapter_run(tmp_path, "rewards", SOURCES, rewards=REWARDS)
+    run_job(run, "rewards", job_config("rewards"), BackendConfig(backend="ray"))  # no Ray is started for it
+    assert "rewards has no part to spread over a cluster" in (job_dir(run) / "log.txt").read_text()
+
+
 # ---------------------------------------------------------------- a cluster of three nodes
 
 

@@ -37,6 +37,7 @@ class JobKind:
     config: type
     presets: dict[str, Any]  # the first is the default
     run: Callable[[RunContext, Any, Reporter], Any]
+    parallel: bool = False  # has parts a Ray backend spreads over a cluster (the others run where they start)
 
     @property
     def default_preset(self) -> str:
@@ -45,11 +46,11 @@ class JobKind:
 
 JOBS: dict[str, JobKind] = {
     "train": JobKind("Train one DPO LoRA adapter per source of a run (resumes: trained sources are kept).",
-                     TrainConfig, TRAIN_PRESETS, run_train),
+                     TrainConfig, TRAIN_PRESETS, run_train, parallel=True),
     "rewards": JobKind("Train (or load) a run's reward models and print each held-out accuracy with its 95% interval.",
                        RewardJobConfig, REWARD_PRESETS, run_rewards),
     "evaluate": JobKind("Sample every coalition model on held-out prompts, score them with reward models, write utilities.",
-                        EvaluationConfig, EVALUATE_PRESETS, run_evaluate),
+                        EvaluationConfig, EVALUATE_PRESETS, run_evaluate, parallel=True),
     "validate": JobKind("Check the arithmetic on a run: sequential and pooled DPO, epochs, preference accuracy, "
                         "Monte Carlo error at n = 8.", ValidationConfig, VALIDATE_PRESETS, run_validate),
 }
@@ -75,6 +76,8 @@ def run_in_session(run: Run, job: str, config: Any, reporter: Reporter, backend:
     context.backend.validate()
     quiet_libraries()
     reporter.event("start", job=job, settings=to_dict(config), backend=to_dict(context.backend))
+    if context.backend.backend != "local" and not JOBS[job].parallel:
+        reporter.log(f"{job} has no part to spread over a cluster: it runs here, whatever the backend")
     return JOBS[job].run(context, config, reporter)
 
 
