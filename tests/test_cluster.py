@@ -68,6 +68,9 @@ def test_no_cluster_is_offered_when_none_runs(monkeypatch, tmp_path: Path) -> No
     assert reachable_cluster() is None
     (tmp_path / "ray_current_cluster").write_text("127.0.0.1:9\n")  # a stale file: nothing listens there
     assert reachable_cluster() is None
+    with pytest.raises(ClusterError, match="Nothing answers at the Ray address '127.0.0.1:9'"):
+        with cluster.connected(BackendConfig(backend="ray", address="127.0.0.1:9")):
+            pass
 
 
 def test_a_job_without_parallel_parts_says_it_runs_where_it_starts(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ truth, so a relaunch skips whatever it holds. Progress from every task comes bac
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import tempfile
@@ -55,16 +56,23 @@ class ClusterError(UserError):
 def reachable_cluster() -> str | None:
     """The address of a Ray cluster this machine can reach without starting one ("auto" for the one
     `ray start --head` runs here, or RAY_ADDRESS), else None: what the app's launch panels offer."""
-    import os
-
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
     try:
-        host, port = CURRENT_CLUSTER.read_text().strip().rsplit(":", 1)
-        socket.create_connection((host, int(port)), timeout=0.3).close()
-    except (OSError, ValueError):
+        listening = is_listening(CURRENT_CLUSTER.read_text().strip(), timeout_s=0.3)
+    except OSError:
         return None
-    return "auto"
+    return "auto" if listening else None
+
+
+def is_listening(address: str, timeout_s: float) -> bool:
+    """Whether something accepts connections at `host:port`."""
+    try:
+        host, port = address.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @contextmanager
@@ -75,6 +83,10 @@ def connected(backend: BackendConfig) -> Iterator[None]:
 
     import valuation
 
+    direct = backend.address not in ("", "auto") and not backend.address.startswith("ray://")
+    if direct and not is_listening(backend.address, timeout_s=3.0):  # ray.init would wait a minute, then exit
+        raise ClusterError(f"Nothing answers at the Ray address {backend.address!r}. Start the cluster there "
+                           "(`ray start --head`), or use --address auto for the one running on this machine.")
     on_cancel = signal.getsignal(signal.SIGTERM)  # ray.init installs its own: the job's must stay
     try:
         # py_modules: every worker imports this very library, whatever it has installed.

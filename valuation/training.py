@@ -274,7 +274,7 @@ def train_source(context: RunContext, source: str, config: TrainConfig, reporter
 def train_sources(context: RunContext, sources: list[str], config: TrainConfig, reporter: Reporter) -> dict[str, dict]:
     """Every source's adapter, one after another here, or all at once on a Ray cluster (each task
     returns its adapter's files, written here: `cluster.train_on_ray`); their records."""
-    if context.backend.backend == "local":
+    if context.backend.backend == "local" or not sources:  # nothing to train: no cluster to start
         return {source: train_source(context, source, config, reporter) for source in sources}
     from .cluster import train_on_ray
 
