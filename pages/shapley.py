@@ -21,15 +21,17 @@ from valuation.convergence import answered_table, convergence_frame, prefix_size
 from valuation.errors import UserError
 from valuation.figures import bars_figure, scatter_figure
 from valuation.preference import read_verdicts
-from valuation.report import TARGET_LABELS, not_distinguishable, report_html
-from valuation.rewards import reward_accuracies
+from valuation.report import report_html
+from valuation.rewards import at_chance, reward_accuracies
 from valuation.runs import Run
 from valuation.utility_table import UtilityTable
 from valuation.values import (
+    TARGET_LABELS,
     Valuation,
     ValuationConfig,
     estimation,
     load_utilities,
+    not_distinguishable,
     run_valuation_config,
     target_tables,
     utilities_path,
@@ -127,11 +129,10 @@ def live_values(run: Run) -> None:
         st.caption(f"From the {len(order)}{f' of {total}' if total else ''} prompts finished so far ({path.name}, "
                    f"rewritten after each chunk{f' of {chunk} prompts' if chunk else ''}), with "
                    f"{config.confidence:.0%} intervals over those prompts. They refresh as chunks land.")
-        accuracies = reward_accuracies(run)
-        at_chance = set(accuracies[accuracies.near_chance].objective) if not accuracies.empty else set()
-        drawn = [o for o in valuation.objectives if o not in at_chance]
-        if at_chance & set(valuation.objectives):
-            st.caption(f"Not drawn, their reward models being near chance: {', '.join(sorted(at_chance))}.")
+        chance = at_chance(reward_accuracies(run))
+        drawn = [o for o in valuation.objectives if o not in chance]
+        if chance & set(valuation.objectives):
+            st.caption(f"Not drawn, their reward models being near chance: {', '.join(sorted(chance))}.")
         if not drawn:
             return
         chart(bars_figure(valuation, drawn))
@@ -228,13 +229,13 @@ st.caption(f"Method: {valuation.shapley.method}.")
 # --- Values by reward model --------------------------------------------------------------------
 st.subheader("Value of each source, by reward model")
 # A reward model at chance measures noise: its values (and a mix that includes them) are said, not drawn.
-at_chance = set(accuracies[accuracies.near_chance].objective) if not accuracies.empty else set()
-if at_chance & set(base_objectives[:2]) and "combined" in valuation.objectives:
-    at_chance.add("combined")
-drawn = [o for o in valuation.objectives if o not in at_chance]
+chance = at_chance(accuracies)
+if chance & set(base_objectives[:2]) and "combined" in valuation.objectives:
+    chance.add("combined")
+drawn = [o for o in valuation.objectives if o not in chance]
 if drawn:
     chart(bars_figure(valuation, drawn))
-for objective in sorted(at_chance & set(valuation.objectives)):
+for objective in sorted(chance & set(valuation.objectives)):
     st.info(f"{objective}: not drawn. Its reward model is at chance on held-out pairs (or the objective mixes one "
             "in), so its Shapley values would be noise dressed as findings; read the other objectives, or train a "
             "better reward model (more pairs, a hub model).", icon=":material/block:")

@@ -30,7 +30,7 @@ from .adapters import RECORD_FILE, adapter_dir, trained_sources
 from .arithmetic import MODEL_LOCK, GenerationRequest, Messages, SamplingSettings, stream_coalitions
 from .coalitions import Coalition, formula
 from .preference import judged
-from .rewards import read_reward_card, reward_accuracies
+from .rewards import read_reward_card, rewards_dir
 from .runs import Run
 from .splits import EvalPrompt
 from .storage import digest
@@ -183,7 +183,7 @@ def adapter_stamps(run: Run) -> tuple[tuple[str, float], ...]:
 def reward_keys(run: Run) -> dict[str, str]:
     """objective -> the key of the reward model the run holds for it (what `load_reward` gives it):
     changes when the reward model is retrained, so a cached one is loaded again."""
-    cards = {objective: read_reward_card(run, objective) for objective in reward_accuracies(run).objective}
+    cards = {folder.name: read_reward_card(run, folder.name) for folder in sorted(rewards_dir(run).glob("*"))}
     return {objective: digest(card["key"]) for objective, card in cards.items() if card and "key" in card}
 
 

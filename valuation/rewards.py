@@ -264,6 +264,11 @@ def reward_accuracies(run: Run) -> pd.DataFrame:
     return frame
 
 
+def at_chance(accuracies: pd.DataFrame) -> set[str]:
+    """The objectives of `reward_accuracies` whose reward model is near chance: said in words, never drawn."""
+    return set(accuracies[accuracies.near_chance].objective) if not accuracies.empty else set()
+
+
 def load_reward(run: Run, objective: str, base: LoadedModel) -> RewardModel:
     """A reward model the run holds, without training; a clear error when there is none."""
     from .reward_models import BootstrapHeads, BradleyTerryHead, FeatureExtractor, FeatureRewardModel, HubRewardModel

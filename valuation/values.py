@@ -393,3 +393,15 @@ def format_table(valuation: Valuation, accuracies: pd.DataFrame | None = None) -
                       f"[{row.lower:.3f}, {row.upper:.3f}] on {row.pairs:.0f} pairs"
                       + ("  warning: near chance (the interval includes 0.5)" if row.near_chance else "")]
     return "\n".join(lines)
+
+
+TARGET_LABELS = {"direct": "direct sampling of every coalition", "token": "pooled, token-level target",
+                 "sequence": "pooled, sequence-level target",
+                 "preference": "held-out preference pairs (no reward model)"}
+
+
+def not_distinguishable(valuation: Valuation) -> list[str]:
+    """'source on objective' for every value whose interval includes zero."""
+    spans = valuation.spans_zero()
+    return [f"{player} on {objective}" for k, objective in enumerate(valuation.objectives)
+            for i, player in enumerate(valuation.players) if spans[i, k]]

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from ..runs import Run
 from .facts import gather
-from .findings import TARGET_LABELS, caveats_section, not_distinguishable, values_section, valuations_of
+from .findings import caveats_section, values_section, valuations_of
 from .html import Charts, page, paragraph
 from .reproduce import commands_section
 from .sections import generations_section, intro_section, rewards_section, sources_section, training_section
 from .validation import validation_section
 
-__all__ = ["REPORT_FILE", "SECTIONS", "TARGET_LABELS", "not_distinguishable", "report_html", "write_report"]
+__all__ = ["REPORT_FILE", "SECTIONS", "report_html", "write_report"]
 
 REPORT_FILE = "report.html"
 # (anchor, label) of every section, in the report's order: the navigation bar

@@ -35,7 +35,9 @@ class Facts:
     @property
     def at_chance(self) -> set[str]:
         """Objectives whose reward model's held-out accuracy interval includes 50%."""
-        return set(self.accuracies[self.accuracies.near_chance].objective) if not self.accuracies.empty else set()
+        from ..rewards import at_chance
+
+        return at_chance(self.accuracies)
 
     @property
     def confidence(self) -> str:

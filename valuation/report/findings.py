@@ -9,20 +9,9 @@ from typing import Any
 import pandas as pd
 
 from ..runs import Run
-from ..values import Valuation
+from ..values import TARGET_LABELS, Valuation, not_distinguishable
 from .facts import Facts
 from .html import Charts, bullets, paragraph, section, subheading, table, with_interval
-
-TARGET_LABELS = {"direct": "direct sampling of every coalition", "token": "pooled, token-level target",
-                 "sequence": "pooled, sequence-level target",
-                 "preference": "held-out preference pairs (no reward model)"}
-
-
-def not_distinguishable(valuation: Valuation) -> list[str]:
-    """'source on objective' for every value whose interval includes zero."""
-    spans = valuation.spans_zero()
-    return [f"{player} on {objective}" for k, objective in enumerate(valuation.objectives)
-            for i, player in enumerate(valuation.players) if spans[i, k]]
 
 
 def chance_sentence(facts: Facts, objective: str) -> str:
