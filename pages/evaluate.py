@@ -12,7 +12,7 @@ import dataclasses
 import streamlit as st
 
 from pages.ui import backend_choice, job_panel, require_run, show_user_error
-from valuation.adapters import trained_sources
+from valuation.adapters import trained_seeds, trained_sources
 from valuation.errors import UserError
 from valuation.coalitions import EXACT_MAX_PLAYERS
 from valuation.config import field_help
@@ -87,13 +87,15 @@ except UserError as error:
     st.stop()
 
 coalitions = coalitions_to_evaluate(sources, settings)
-cost = evaluation_cost(sources, coalitions, settings)
+seeds = trained_seeds(run, sources)  # training seeds every source has an adapter for: each is a replica of the game
+cost = evaluation_cost(sources, coalitions, settings, seeds)
 minutes = estimate_seconds(cost, measured_throughput(run)) / 60
 method = settings.resolved_method(len(sources))
 drawn = (f"{settings.samples} samples of each" if settings.estimator == "direct" else
          f"one pool of {cost.reward_calls // settings.prompts} responses from {len(anchor_coalitions(sources))} anchor "
          "coalitions")
-st.markdown(f"**{len(coalitions)} coalitions** ({method}, {settings.estimator}) × {settings.prompts} prompts, "
+replicas = f" × {seeds} training seeds" if seeds > 1 else ""
+st.markdown(f"**{len(coalitions)} coalitions** ({method}, {settings.estimator}){replicas} × {settings.prompts} prompts, "
             f"{drawn}: about **{minutes:.0f} minutes** of model passes on this machine, plus {cost.reward_calls} reward "
             "calls per reward model" + (f" and {cost.scored_responses} teacher-forced scorings" if cost.scored_responses else "")
             + ("" if not reward_accuracies(run).empty else ", plus training the reward models (about 10 minutes, once)") + ".")

@@ -320,4 +320,8 @@ st.markdown(
     "Exact for every coalition from n + 1 passes per pair.\n\n"
     "Prefer the preference objectives when a reward model is near chance, or to check that a source taught its "
     "adapter what its data prefers; read the reward models for what the coalitions actually say. Every value "
-    "comes with an interval: one that holds zero is not a finding.")
+    "comes with an interval: one that holds zero is not a finding.\n\n"
+    "Every objective also depends on how each adapter happened to train. Trained under one seed, a source's value "
+    "may flip sign when retrained; with **Seeds per source** k > 1 (Training page) the game is played once per "
+    "seed, the values average over seeds, and the intervals hold the spread between them. With one seed, read the "
+    "Training page's verdicts first: an adapter indistinguishable from the base gives a value that is mostly noise.")

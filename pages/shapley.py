@@ -244,10 +244,16 @@ if unclear:
     st.warning(f"Not distinguishable from no effect (the {confidence:.0%} interval includes 0): {', '.join(unclear)}.")
 st.caption(valuation.interval_note())  # prompts, and refit reward heads where stored (hub models cannot be refit)
 verdicts = read_verdicts(run)
-unlearned = verdicts[verdicts.verdict != "learned"] if not verdicts.empty else verdicts
-if not unlearned.empty:
-    st.warning("Adapters indistinguishable from the base on held-out pairs (see Training): "
-               + ", ".join(unlearned.source) + ". Their values say more about training noise than about their data.")
+if not verdicts.empty:  # did each adapter behind these values learn? (the Training page has the detail)
+    st.dataframe(verdicts[["source", "verdict", "margin", "margin_lower", "margin_upper", "pairs"]], hide_index=True,
+                 column_config={"source": "adapter", "margin": st.column_config.NumberColumn("held-out margin", format="%+.3f"),
+                                "margin_lower": st.column_config.NumberColumn("95% low", format="%+.3f"),
+                                "margin_upper": st.column_config.NumberColumn("95% high", format="%+.3f")})
+    unlearned = verdicts[verdicts.verdict != "learned"]
+    if not unlearned.empty:
+        st.warning("Adapters that did not learn on held-out pairs of their own source: "
+                   + ", ".join(f"{r.source} ({r.verdict})" for r in unlearned.itertuples())
+                   + ". Their values say more about training noise than about their data.")
 with st.expander("Banzhaf values beside Shapley"):
     if valuation.banzhaf is None:
         st.caption("Banzhaf values need every coalition of at most "

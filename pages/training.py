@@ -10,7 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages.ui import backend_choice, cached_preferences, chart, job_panel, require_run, show_user_error
-from valuation.adapters import trained_sources
+from valuation.adapters import seed_adapter, trained_adapters, trained_sources, trained_seeds
 from valuation.config import field_help
 from valuation.demo import DEMO_NAME
 from valuation.errors import UserError
@@ -57,14 +57,18 @@ with st.container(border=True):
                                                  format="%g" if isinstance(value, float) else "%d")
             if chosen != value:
                 overrides[name] = type(value)(chosen)
+    seeds = int(st.number_input("Seeds per source", min_value=1, value=max(1, trained_seeds(run, sources)), step=1,
+                                disabled=busy, help=field_help(TrainConfig, "seeds")))
     retrain = st.checkbox("Retrain sources that already have an adapter", disabled=busy or not trained)
     backend = backend_choice(run, disabled=busy)
-    todo = [s for s in sources if retrain or s not in trained]
-    st.caption(f"Will train {len(todo)} source(s): {', '.join(todo) or 'none'}."
-               + (f" Already trained: {', '.join(trained)}." if trained else ""))
+    have = trained_adapters(run)
+    todo = [a for a in (seed_adapter(s, r) for r in range(seeds) for s in sources) if retrain or a not in have]
+    st.caption(f"Will train {len(todo)} adapter(s): {', '.join(todo) or 'none'}."
+               + (f" Already trained: {', '.join(have)}." if have else ""))
     if st.button("Launch training", type="primary", disabled=busy or not todo, icon=":material/play_arrow:"):
         try:
-            launch(run, "train", job_config("train", preset, sources=sources, retrain=retrain, **overrides), backend)
+            launch(run, "train", job_config("train", preset, sources=sources, retrain=retrain, seeds=seeds, **overrides),
+                   backend)
         except UserError as error:
             show_user_error(error)
         else:

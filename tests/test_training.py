@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from valuation import cli
-from valuation.adapters import AdapterError, adapter_dir, check_compatible, load_adapters, trained_sources
+from valuation.adapters import (AdapterError, adapter_dir, check_adapter_name, check_compatible, load_adapters,
+                                seed_adapter, source_and_replica, trained_adapters, trained_seeds, trained_sources)
 from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from valuation.background import job_status, read_job, wait_for_job
 from valuation.jobs import command, job_config, launch
@@ -142,6 +143,24 @@ def test_a_killed_job_leaves_no_adapter_and_a_relaunch_completes_it(run: Run) ->
     assert [p.state for p in source_progress(job_status(run).events)] == ["skipped", "skipped"]
     assert cli.main(command(run, "train", tiny(max_pairs=6, max_length=80))) == 2
     assert "other settings" in job_status(run).error
+
+
+def test_a_second_seed_trains_every_source_again_under_its_own_seed(run: Run) -> None:
+    assert cli.main(command(run, "train", tiny(sources=["helpful-base"]))) == 0
+    assert cli.main(command(run, "train", tiny(seeds=2))) == 0  # the missing three, first seeds first
+    progress = source_progress(job_status(run).events)
+    assert [(p.source, p.state) for p in progress] == [
+        ("harmless-base", "done"), ("helpful-base", "skipped"), ("harmless-base@seed2", "done"),
+        ("helpful-base@seed2", "done")]
+    assert trained_sources(run) == SOURCES and trained_seeds(run, SOURCES) == 2
+    assert trained_adapters(run) == ["harmless-base", "harmless-base@seed2", "helpful-base", "helpful-base@seed2"]
+    seeds = {a: json.loads((adapter_dir(run, a) / "training.json").read_text())["seed"] for a in trained_adapters(run)}
+    assert seeds["helpful-base"] == source_seed(0, "helpful-base") != seeds["helpful-base@seed2"]
+    assert seeds["helpful-base@seed2"] == source_seed(0, "helpful-base", 1)
+    assert list(read_verdicts(run).source) == trained_adapters(run)  # every adapter judged, on its source's pairs
+    assert source_and_replica("helpful-base@seed2") == ("helpful-base", 1) and seed_adapter("a", 0) == "a"
+    with pytest.raises(AdapterError, match="@seed"):
+        check_adapter_name("vendor@seed2")
 
 
 def test_adapters_with_another_beta_or_base_are_refused() -> None:

@@ -11,7 +11,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP
+from conftest import APP, labelled
 from valuation.adapters import adapter_dir
 from valuation.config import DataConfig, ModelConfig, RunConfig
 from valuation.background import job_session, job_status
@@ -38,7 +38,10 @@ def test_a_fresh_run_offers_to_train_every_source(runs_dir) -> None:
     assert at.multiselect[0].value == SOURCES
     assert not launch_button(at).disabled
     assert any("No train job has run" in c.value for c in at.caption)
-    assert any("Will train 2 source(s)" in c.value for c in at.caption)
+    assert any("Will train 2 adapter(s): harmless-base, helpful-base." in c.value for c in at.caption)
+    labelled(at.number_input, "Seeds per source").set_value(2).run()  # each source again under a second seed
+    assert any("Will train 4 adapter(s): harmless-base, helpful-base, harmless-base@seed2, helpful-base@seed2."
+               in c.value for c in at.caption)
 
 
 def test_a_running_job_shows_progress_and_locks_the_launch(runs_dir) -> None:

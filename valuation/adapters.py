@@ -6,6 +6,9 @@
         training.json                how it was trained: settings, beta, base model, LoRA, seed,
                                      pairs used and dropped, final metrics, curve, wall time
 
+A source trained under more than one seed has one adapter per seed: its own name for the first,
+`<source>@seed2`, `<source>@seed3`, ... for the others (`seed_adapter`).
+
 An adapter directory is written whole or not at all (`storage.atomic_dir`), so a directory that
 exists with these three files is a finished adapter; temporary ones start with a dot.
 
@@ -43,23 +46,57 @@ def adapter_dir(run: Run | Path, source: str) -> Path:
 
 
 def check_adapter_name(source: str) -> str:
-    """PEFT keeps adapters in module dicts: a '.' in a name breaks them, and one name is reserved."""
-    if not source or "." in source or source == BASE:
-        raise AdapterError(f"Source name {source!r} cannot name an adapter: it must be non-empty, without '.', "
-                           f"and not {BASE!r}. Rename the source in the data.")
+    """PEFT keeps adapters in module dicts: a '.' in a name breaks them, and one name is reserved;
+    '@seed' marks a source's adapters under further seeds."""
+    if not source or "." in source or source == BASE or SEED_MARK in source:
+        raise AdapterError(f"Source name {source!r} cannot name an adapter: it must be non-empty, without '.' or "
+                           f"{SEED_MARK!r}, and not {BASE!r}. Rename the source in the data.")
     return source
+
+
+SEED_MARK = "@seed"
+
+
+def seed_adapter(source: str, replica: int) -> str:
+    """The adapter of `source` under its training seed number `replica` (0 is the source's own adapter)."""
+    return source if replica == 0 else f"{source}{SEED_MARK}{replica + 1}"
+
+
+def source_and_replica(adapter: str) -> tuple[str, int]:
+    """The source an adapter was trained on and its seed number: seed_adapter's inverse."""
+    source, mark, number = adapter.partition(SEED_MARK)
+    return source, int(number) - 1 if mark else 0
+
+
+def checked_adapter(adapter: str) -> str:
+    """An adapter name whose source can name an adapter (`check_adapter_name`)."""
+    check_adapter_name(source_and_replica(adapter)[0])
+    return adapter
 
 
 def is_complete(folder: Path) -> bool:
     return not folder.name.startswith(".") and all((folder / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, RECORD_FILE))
 
 
-def trained_sources(run: Run | Path) -> list[str]:
-    """Sources with a finished adapter in the run, sorted."""
+def trained_adapters(run: Run | Path) -> list[str]:
+    """Every finished adapter in the run, sorted: each source's, and those under further seeds."""
     folder = adapters_dir(run)
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and is_complete(p))
+
+
+def trained_sources(run: Run | Path) -> list[str]:
+    """Sources with a finished adapter in the run, sorted."""
+    return [name for name in trained_adapters(run) if SEED_MARK not in name]
+
+
+def trained_seeds(run: Run | Path, sources: list[str]) -> int:
+    """How many training seeds every one of `sources` has an adapter for (seed numbers 0, 1, ...; 0 when one lacks any)."""
+    trained, seeds = set(trained_adapters(run)), 0
+    while sources and all(seed_adapter(source, seeds) in trained for source in sources):
+        seeds += 1
+    return seeds
 
 
 def read_record(run: Run, source: str) -> dict[str, Any]:
@@ -75,7 +112,7 @@ def read_record(run: Run, source: str) -> dict[str, Any]:
 
 def save_adapter(model: Any, run: Run | Path, source: str, record: dict[str, Any]) -> Path:
     """Write a PEFT model's active adapter and its record; the directory appears only when complete."""
-    target = adapter_dir(run, check_adapter_name(source))
+    target = adapter_dir(run, checked_adapter(source))
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         # PEFT records the base model's path on this machine; a run names its base by id instead.
@@ -88,7 +125,7 @@ def save_adapter(model: Any, run: Run | Path, source: str, record: dict[str, Any
 def install_adapter(run: Run | Path, source: str, files: dict[str, bytes]) -> Path:
     """Write an adapter's files (as `save_adapter` made them elsewhere, say on a Ray worker) into the
     run; the directory appears only when complete."""
-    target = adapter_dir(run, check_adapter_name(source))
+    target = adapter_dir(run, checked_adapter(source))
     with atomic_dir(target) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
@@ -130,15 +167,15 @@ def load_adapters(loaded: Any, run: Run | Path, sources: list[str] | None = None
     """
     from peft import PeftModel
 
-    trained = trained_sources(run)
-    sources = list(sources) if sources is not None else trained
+    trained = trained_adapters(run)
+    sources = list(sources) if sources is not None else trained_sources(run)
     if not sources:
         raise AdapterError(f"{adapters_dir(run)} holds no trained adapters yet: train the sources first.")
     missing = [s for s in sources if s not in trained]
     if missing:
         raise AdapterError(f"No trained adapter for {missing} in {adapters_dir(run)} (trained: {trained or 'none'}).")
     check_compatible({s: read_record(run, s) for s in sources}, loaded.name)
-    first, *rest = [check_adapter_name(s) for s in sources]
+    first, *rest = sources
     # The saved config names the base by an absolute path; the base given here is used instead.
     model = PeftModel.from_pretrained(loaded.model, adapter_dir(run, first), adapter_name=first, is_trainable=False)
     for source in rest:

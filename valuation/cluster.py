@@ -203,33 +203,35 @@ def write_files(root: Path, files: dict[str, bytes]) -> None:
 # ---------------------------------------------------------------- training: a task per source
 
 
-def train_task(model: ModelConfig, source: str, pairs: list[PreferencePair], config: TrainConfig, seed: int,
+def train_task(model: ModelConfig, adapter: str, pairs: list[PreferencePair], config: TrainConfig, seed: int,
                queue: Any) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """Train one source's adapter on a fresh base (on a Ray worker); its files as bytes, and its record."""
+    """Train one adapter on a fresh base (on a Ray worker); its files as bytes, and its record."""
     from .adapters import save_adapter
     from .jobs import quiet_libraries
     from .models import load_model
     from .training import fit_adapter
 
     quiet_libraries()
-    trained, record = fit_adapter(load_model(model), source, pairs, config, seed, Relay(queue))
+    trained, record = fit_adapter(load_model(model), adapter, pairs, config, seed, Relay(queue))
     with tempfile.TemporaryDirectory(prefix="valuation-adapter-") as scratch:
-        folder = save_adapter(trained, Path(scratch), source, record)
+        folder = save_adapter(trained, Path(scratch), adapter, record)
         return read_files(folder, [""]), record
 
 
-def train_on_ray(context: RunContext, sources: list[str], config: TrainConfig, reporter: Reporter
+def train_on_ray(context: RunContext, adapters: list[str], config: TrainConfig, reporter: Reporter
                  ) -> Iterator[tuple[str, dict[str, bytes], dict[str, Any]]]:
-    """Every source's adapter trained by its own task, in parallel: (source, files, record) as each finishes."""
+    """Every adapter trained by its own task, in parallel: (adapter, files, record) as each finishes."""
     import ray
 
-    from .training import source_seed
+    from .training import adapter_inputs
 
     with connected(context.backend):
         queue = relay_queue()
         task = ray.remote(train_task).options(**resources(context.backend), max_retries=TASK_RETRIES)
-        pending = {task.remote(context.config.model, source, context.split.train[source], config,
-                               source_seed(context.config.seed, source), queue): source for source in sources}
+        pending = {}
+        for adapter in adapters:
+            pairs, seed = adapter_inputs(context, adapter)
+            pending[task.remote(context.config.model, adapter, pairs, config, seed, queue)] = adapter
         reporter.log(f"{len(pending)} training task(s) sent to Ray ({context.backend.describe()})")
         try:
             while pending:
@@ -251,7 +253,7 @@ class ShardWorker:
     the driver sent, and returns each shard's files for the driver to write into the real run.
     """
 
-    def __init__(self, files: dict[str, bytes], sources: list[str], objectives: list[str]):
+    def __init__(self, files: dict[str, bytes], adapters: list[str], objectives: list[str]):
         from .adapters import load_adapters
         from .context import RunContext
         from .estimators import Engine
@@ -264,7 +266,7 @@ class ShardWorker:
         write_files(self.run.path, files)
         base = RunContext.open(self.run, BackendConfig()).base
         rewards = {objective: load_reward(self.run, objective, base) for objective in objectives}  # before the adapters
-        self.engine = Engine(load_adapters(base, self.run, sources), base.tokenizer, rewards)
+        self.engine = Engine(load_adapters(base, self.run, adapters), base.tokenizer, rewards)
 
     def node(self) -> str:
         """The Ray node this worker runs on."""
@@ -286,10 +288,13 @@ def ray_shard_runner(context: RunContext, objectives: list[str], reporter: Repor
     import ray
     from ray.exceptions import RayActorError
 
+    from .seeds import every_seed
+
     backend, run = context.backend, context.run
     with connected(backend):
         queue = relay_queue()
-        files = ray.put(read_files(run.path, ["", *(f"adapters/{s}" for s in context.sources),
+        adapters = every_seed(run, context.sources)  # each source's, and those under further seeds
+        files = ray.put(read_files(run.path, ["", *(f"adapters/{a}" for a in adapters),
                                               *(f"rewards/{o}" for o in objectives)]))
         # max_restarts=0: a lost worker is replaced by the others taking its shard, never restarted
         # into a slot that a smaller cluster may no longer have.
@@ -300,7 +305,7 @@ def ray_shard_runner(context: RunContext, objectives: list[str], reporter: Repor
         checked = time.monotonic()
 
         def start() -> Any:
-            started = worker.remote(files, context.sources, objectives)
+            started = worker.remote(files, adapters, objectives)
             workers[started] = started.node.remote()
             return started
 

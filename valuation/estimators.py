@@ -9,12 +9,17 @@ pooled: every prompt gets one pool of responses from the anchor coalitions; each
       sequence  DPO's product of experts (utilities-sequence.csv).
     Coalitions whose effective sample size, averaged over prompts, falls below `ess_floor` are
     sampled directly instead; estimation.csv records, per coalition and target, which it was.
+
+With adapters under further training seeds (`valuation.seeds`), each replica of the game is
+estimated the same way: direct samples its coalitions again; pooled weighs the same pool under
+the replica's adapters (n + 1 more teacher-forced rows per response and seed) and samples only
+its poorly reached coalitions.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +34,8 @@ from .pooled import anchor_coalitions, membership, proposal_log_density, sequenc
 from .runs import Run
 from .samples import SampleSet, evaluation_dir, mean_rewards, read_jsonl, samples_key
 from .splits import EvalPrompt
-from .storage import atomic_write_json, atomic_write_text
+from .seeds import by_sources, on_seed, replica_sources, seed_table
+from .storage import atomic_write_json, atomic_write_text, digest
 
 if TYPE_CHECKING:
     from .arithmetic import SamplingSettings
@@ -64,7 +70,7 @@ class Shard:
     samples: int
     settings: SamplingSettings
     reward_keys: dict[str, tuple[str, str]]  # objective -> the scoring keys it must be scored under (`scoring_keys`)
-    variants: dict | None = None  # pooled: what each response is weighed under (`pool_variants`)
+    weighings: tuple[tuple[str, dict], ...] = ()  # pooled, per seed: (its weights' folder, what each response is weighed under)
 
     def store(self, run: Run) -> SampleSet:
         return SampleSet(run, self.key)
@@ -72,7 +78,7 @@ class Shard:
     def paths(self, run: Run) -> list[Path]:
         store = self.store(run)
         paths = [store.samples_path(self.index), *(store.scores_path(o, self.index) for o in self.reward_keys)]
-        return paths + ([store.weights_path(self.index)] if self.variants is not None else [])
+        return paths + [store.weights_path(self.index, folder) for folder, _ in self.weighings]
 
     def is_done(self, run: Run) -> bool:
         store = self.store(run)
@@ -103,12 +109,14 @@ def run_shard(run: Run, shard: Shard, engine: Engine, reporter: Reporter) -> Non
         reporter.log(f"chunk {number} sampled")
     messages = {p.prompt_id: p.messages for p in shard.prompts}
     store.score(shard.index, engine.rewards, messages, reporter)
-    path = store.weights_path(shard.index)
-    if shard.variants is not None and not path.exists():
-        rows = read_jsonl(store.samples_path(shard.index))
-        weights = weigh(engine.model, engine.tokenizer, [(messages[r["prompt_id"]], r["token_ids"]) for r in rows],
-                        shard.variants, shard.settings.max_batch_rows, reporter.stage(f"weighing chunk {number}"))
-        atomic_write_json(path, weights)
+    for replica, (folder, variants) in enumerate(shard.weighings):
+        path = store.weights_path(shard.index, folder)
+        if not path.exists():
+            rows = read_jsonl(store.samples_path(shard.index))
+            stage = reporter.stage(f"weighing chunk {number}" + (f", seed {replica + 1}" if replica else ""))
+            weights = weigh(engine.model, engine.tokenizer, [(messages[r["prompt_id"]], r["token_ids"]) for r in rows],
+                            variants, shard.settings.max_batch_rows, stage)
+            atomic_write_json(path, weights)
 
 
 Runner = Callable[[list[Shard]], Iterator[Shard]]  # runs shards, yielding each as it finishes
@@ -135,19 +143,20 @@ def shard_runner(context: RunContext, engine: Engine, reporter: Reporter) -> Ite
 
 def make_shards(context: RunContext, config: EvaluationConfig, prompts: list[EvalPrompt], coalitions: list[Coalition],
                 samples: int, reward_keys: dict[str, tuple[str, str]], what: dict[str, Any],
-                variants: dict | None = None) -> list[Shard]:
+                weighings: tuple[tuple[str, dict], ...] = ()) -> list[Shard]:
     """The evaluation cut into chunks of `chunk_prompts` prompts, keyed by everything that decides the samples."""
     from .adapters import read_record
 
     sampling = config.sampling()
-    key = samples_key(context.base.name, {s: read_record(context.run, s) for s in context.sources}, prompts, {
+    adapters = dict.fromkeys([*context.sources, *sorted(set().union(*coalitions))])  # a further seed's too
+    key = samples_key(context.base.name, {a: read_record(context.run, a) for a in adapters}, prompts, {
         **what,
         "sampling": to_dict(sampling) | {"max_batch_rows": None},  # batching never changes results
         "chunk_prompts": config.chunk_prompts,
     })
     starts = range(0, len(prompts), config.chunk_prompts)
     return [Shard(key, index, tuple(prompts[first:first + config.chunk_prompts]), first, tuple(coalitions), samples,
-                  sampling, reward_keys, variants) for index, first in enumerate(starts)]
+                  sampling, reward_keys, weighings) for index, first in enumerate(starts)]
 
 
 def sample_directly(context: RunContext, runner: Runner, config: EvaluationConfig, prompts: list[EvalPrompt],
@@ -175,34 +184,73 @@ def write_table(run: Run, name: str, table: pd.DataFrame) -> None:
 
 
 def evaluate_pooled(context: RunContext, runner: Runner, config: EvaluationConfig, prompts: list[EvalPrompt],
-                    coalitions: list[Coalition], reward_keys: dict[str, tuple[str, str]], reporter: Reporter) -> None:
+                    coalitions: list[Coalition], reward_keys: dict[str, tuple[str, str]], reporter: Reporter,
+                    replicas: int = 1) -> None:
     """Pooled utilities of `coalitions`, chunk by chunk (utilities.csv rewritten after each), then
-    the direct fallback for the coalitions the pool reaches poorly."""
-    sources, objectives = context.sources, list(reward_keys)
+    the direct fallback for the coalitions the pool reaches poorly; then the same for each further
+    training seed, from the same pool, weighed under that seed's adapters in the same pass."""
+    sources = context.sources
     anchors = anchor_coalitions(sources)
     token_level = len(sources) <= TOKEN_LEVEL_MAX_PLAYERS
-    variants = pool_variants(anchors, coalitions if token_level else [], sources, config.temperature)
+    weighings = tuple(seed_weighing(context, anchors if replica == 0 else [],
+                                    on_seed(coalitions, replica) if token_level else [], replica, config.temperature)
+                      for replica in range(replicas))
     shards = make_shards(context, config, prompts, anchors, config.pool_per_anchor, reward_keys, {
         "estimator": "pooled", "anchors": [sorted(a) for a in anchors], "pool_per_anchor": config.pool_per_anchor},
-        variants)
+        weighings)
+    for replica in range(replicas):
+        finished = runner(shards) if replica == 0 else iter(shards)  # the first pass weighed every seed
+        pooled_replica(context, runner, config, prompts, coalitions, reward_keys, finished, replica, reporter)
+
+
+def seed_weighing(context: RunContext, anchors: list[Coalition], coalitions: list[Coalition], replica: int,
+                  temperature: float) -> tuple[str, dict]:
+    """What the pool is weighed under for training seed `replica` (`pool_variants`), and the folder
+    its weights go to: the first seed's beside the samples, a further one's named by its adapters."""
+    from .adapters import read_record
+
+    sources = replica_sources(context.sources, replica)
+    variants = pool_variants(anchors, coalitions, sources, temperature)
+    folder = "" if replica == 0 else digest({"adapters": {a: digest(read_record(context.run, a)) for a in sources},
+                                             "variants": sorted(map(list, variants))})[:16]
+    return folder, variants
+
+
+def pooled_replica(context: RunContext, runner: Runner, config: EvaluationConfig, prompts: list[EvalPrompt],
+                   coalitions: list[Coalition], reward_keys: dict[str, tuple[str, str]], finished: Iterable[Shard],
+                   replica: int, reporter: Reporter) -> None:
+    """One training seed's pooled utilities from the `finished` shards' pools, then its direct fallback."""
+    sources, objectives = replica_sources(context.sources, replica), list(reward_keys)
+    anchors = anchor_coalitions(context.sources)  # the pool's proposal: the first seed's anchors
+    game = on_seed(coalitions, replica)
+    token_level = len(sources) <= TOKEN_LEVEL_MAX_PLAYERS
     targets = ("token", "sequence") if token_level else ("sequence",)
     weighed: dict[str, dict[int, pd.DataFrame]] = {target: {} for target in targets}
     primary = targets[0]
-    for shard in runner(shards):
+    for shard in finished:
         store = shard.store(context.run)
-        weights = json.loads(store.weights_path(shard.index).read_text())
-        estimates = pool_utilities(store.frame(shard.index, objectives), weights, sources, anchors, coalitions,
-                                   objectives, config.temperature)
+        estimates = pool_utilities(store.frame(shard.index, objectives), seed_weights(store, shard, replica), sources,
+                                   anchors, game, objectives, config.temperature)
         for target, tables in weighed.items():  # (the anchors alone may cover every coalition's token level too)
             tables[shard.index] = estimates[target]
-        write_pooled(context.run, weighed, primary, objectives, config.ess_floor, fallback=pd.DataFrame())
+        if replica == 0:  # what the Shapley page reads live
+            write_pooled(context.run, weighed, primary, objectives, config.ess_floor, fallback=pd.DataFrame())
     ess = pd.concat(in_order(weighed[primary])).groupby("coalition", sort=False).ess.mean()
-    poor = [c for c in coalitions if ess[coalition_name(c)] < config.ess_floor]
+    poor = [c for c in game if ess[coalition_name(c)] < config.ess_floor]
     direct = pd.DataFrame()
     if poor and token_level:  # the sampler samples the token-level model: it can stand in for its weights
-        reporter.log(f"{len(poor)} coalition(s) below ESS {config.ess_floor:g}: sampled directly")
+        seed = f" (seed {replica + 1})" if replica else ""
+        reporter.log(f"{len(poor)} coalition(s){seed} below ESS {config.ess_floor:g}: sampled directly")
         direct = sample_directly(context, runner, config, prompts, poor, reward_keys, write=False)
-    write_pooled(context.run, weighed, primary, objectives, config.ess_floor, direct)
+    write_pooled(context.run, weighed, primary, objectives, config.ess_floor, direct, replica)
+
+
+def seed_weights(store: SampleSet, shard: Shard, replica: int) -> dict[str, dict[str, list[float]]]:
+    """A chunk's log-likelihoods for training seed `replica`: the first seed's (the anchors, the
+    proposal), with the seed's own adapters' and coalitions' added."""
+    first, own = (json.loads(store.weights_path(shard.index, folder).read_text())
+                  for folder in (shard.weighings[0][0], shard.weighings[replica][0]))
+    return {kind: {**first[kind], **own[kind]} for kind in ("token", "model")}
 
 
 def pool_variants(anchors: list[Coalition], coalitions: list[Coalition], sources: list[str],
@@ -257,9 +305,10 @@ def pool_utilities(frame: pd.DataFrame, weights: dict[str, dict[str, list[float]
 
 
 def write_pooled(run: Run, weighed: dict[str, dict[int, pd.DataFrame]], primary: str, objectives: list[str],
-                 ess_floor: float, fallback: pd.DataFrame) -> None:
+                 ess_floor: float, fallback: pd.DataFrame, replica: int = 0) -> None:
     """utilities.csv (the primary target, with the fallback's direct rows in place of its poorly
-    reached coalitions), utilities-sequence.csv beside a token-level primary, and estimation.csv."""
+    reached coalitions), utilities-sequence.csv beside a token-level primary, and estimation.csv;
+    for a further training seed, their `seed_table`s, coalitions named by their sources."""
     folder, estimation = evaluation_dir(run), []
     for target, parts in weighed.items():
         table = pd.concat(in_order(parts), ignore_index=True)
@@ -271,5 +320,6 @@ def write_pooled(run: Run, weighed: dict[str, dict[int, pd.DataFrame]], primary:
         estimation.append(summary)
         table = pd.concat([table[~table.coalition.isin(replaced)], fallback]) if replaced else table
         name = "utilities.csv" if target == primary else f"utilities-{target}.csv"
-        atomic_write_text(folder / name, table[["coalition", "prompt", *objectives]].to_csv(index=False))
-    atomic_write_text(folder / "estimation.csv", pd.concat(estimation).to_csv(index=False))
+        atomic_write_text(seed_table(folder / name, replica), by_sources(table[["coalition", "prompt", *objectives]])
+                          .to_csv(index=False))
+    atomic_write_text(seed_table(folder / "estimation.csv", replica), by_sources(pd.concat(estimation)).to_csv(index=False))

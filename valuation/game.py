@@ -33,7 +33,7 @@ from .coalitions import EXACT_MAX_PLAYERS, Coalition, all_coalitions, coalition_
 from .config import ConfigError, helped, to_dict
 from .errors import UserError
 from .monte_carlo import permutation_shapley
-from .estimators import Engine, evaluate_pooled, sample_directly, shard_runner
+from .estimators import Engine, evaluate_pooled, sample_directly, shard_runner, write_table
 from .pooled import anchor_coalitions
 from .preference import evaluate_preferences
 from .samples import evaluation_dir, read_jsonl, record_throughput, scoring_keys
@@ -163,16 +163,17 @@ class Cost:
 TYPICAL_PROMPT_TOKENS = 48  # a chat-templated HH-RLHF prompt; only the time estimate uses it
 
 
-def evaluation_cost(sources: list[str], coalitions: list[Coalition], config: EvaluationConfig) -> Cost:
+def evaluation_cost(sources: list[str], coalitions: list[Coalition], config: EvaluationConfig, seeds: int = 1) -> Cost:
     """The cost model: a decoding step of coalition S costs `decode_rows(S)` rows; a pooled response
-    is read once by each of the n + 1 models; the pooled fallback is not known in advance."""
+    is read once by each of the n + 1 models, and again by n + 1 for each further training seed;
+    direct sampling samples every seed's coalitions; the pooled fallback is not known in advance."""
     if config.estimator == "direct":
         rows, responses = sum(map(decode_rows, coalitions)) * config.samples, len(coalitions) * config.samples
-        return Cost(rows * config.prompts * config.max_new_tokens, 0, 0, responses * config.prompts)
+        return Cost(rows * config.prompts * config.max_new_tokens * seeds, 0, 0, responses * config.prompts * seeds)
     anchors = anchor_coalitions(sources)
     rows, responses = sum(map(decode_rows, anchors)) * config.pool_per_anchor, len(anchors) * config.pool_per_anchor
     scored = responses * config.prompts
-    read = scored * (len(sources) + 1) * (TYPICAL_PROMPT_TOKENS + config.max_new_tokens)
+    read = scored * (len(sources) + 1) * seeds * (TYPICAL_PROMPT_TOKENS + config.max_new_tokens)
     return Cost(rows * config.prompts * config.max_new_tokens, scored, read, scored)
 
 
@@ -188,8 +189,9 @@ def estimate_seconds(cost: Cost, row_tokens_per_second: float) -> float:
 def run_evaluate(context: RunContext, config: EvaluationConfig, reporter: Reporter) -> Path:
     """The evaluate job: sample, score with every reward model, and write utilities.csv after each
     chunk of prompts (a killed job resumes at the next)."""
-    from .adapters import load_adapters, trained_sources
+    from .adapters import load_adapters, trained_seeds, trained_sources
     from .rewards import reward_models
+    from .seeds import by_sources, every_seed, on_seed, remove_seed_tables, seed_table
 
     run, sources = context.run, context.sources
     missing = sorted(set(sources) - set(trained_sources(run)))
@@ -206,20 +208,27 @@ def run_evaluate(context: RunContext, config: EvaluationConfig, reporter: Report
     atomic_write_json(folder / "coalitions.json", [coalition_name(c) for c in coalitions])
     for stale in ("utilities-sequence.csv", "estimation.csv"):  # from an earlier evaluation of another kind
         (folder / stale).unlink(missing_ok=True)
+    replicas = trained_seeds(run, sources)  # training seeds every source has an adapter for
+    remove_seed_tables(folder, replicas)
 
     rewards = reward_models(context, reporter)  # trained here if missing: every worker loads the same ones
     reward_keys = {objective: scoring_keys(reward) for objective, reward in rewards.items()}
-    reporter.log(f"{config.estimator} evaluation: {len(coalitions)} coalitions of {len(sources)} sources on "
+    seeds = f", each under {replicas} training seeds" if replicas > 1 else ""
+    reporter.log(f"{config.estimator} evaluation: {len(coalitions)} coalitions of {len(sources)} sources{seeds} on "
                  f"{len(prompts)} prompts ({context.backend.describe()})")
-    engine = Engine(load_adapters(context.base, run, sources), context.base.tokenizer, rewards)
+    engine = Engine(load_adapters(context.base, run, every_seed(run, sources)), context.base.tokenizer, rewards)
     started = time.monotonic()
     with shard_runner(context, engine, reporter) as runner:
         if config.estimator == "direct":
-            sample_directly(context, runner, config, prompts, coalitions, reward_keys, write=True)
+            for replica in range(replicas):  # a further seed's coalitions are sampled again
+                table = sample_directly(context, runner, config, prompts, on_seed(coalitions, replica), reward_keys,
+                                        write=replica == 0)
+                if replica:
+                    write_table(run, seed_table(folder / "utilities.csv", replica).name, by_sources(table))
         else:
-            evaluate_pooled(context, runner, config, prompts, coalitions, reward_keys, reporter)
-    evaluate_preferences(context, engine.model, config.max_new_tokens, reporter)  # the reward-free utilities
-    cost = evaluation_cost(sources, coalitions, config)
+            evaluate_pooled(context, runner, config, prompts, coalitions, reward_keys, reporter, replicas)
+    evaluate_preferences(context, engine.model, config.max_new_tokens, reporter, replicas)  # the reward-free utilities
+    cost = evaluation_cost(sources, coalitions, config, replicas)
     if context.backend.backend == "local":  # the estimate is for this machine
         record_throughput(run, cost.decode_row_tokens + cost.teacher_forced_tokens, time.monotonic() - started)
     reporter.log(f"utilities written to {folder / 'utilities.csv'}")

@@ -174,42 +174,73 @@ def bootstrap_intervals(
     so its values run larger in magnitude) plus the noise of a mean of K. The t-interval adds the
     between-head variance of the values to the prompts' (the law of total variance). Objectives
     without heads are unchanged.
+
+    With several training seeds (`table.seeds`; the table holds their mean) the values are the mean
+    of the seeds' values, and a replicate also draws k of the k seeds with replacement (the same
+    resampled prompts for all: the seeds were evaluated on the same prompts), so the intervals hold
+    the spread between seeds too; the t-interval adds the variance of a mean of k seeds. A head's
+    spread is measured on the first seed's values and added as an offset, centred.
     """
     players = tuple(players)
     weights = shapley_weights(len(players))
-    u = values_by_mask(players, table.prompt_values)  # [2^n, m, p]
+    u = values_by_mask(players, table.prompt_values)  # [2^n, m, p], the mean over training seeds where several
     per_prompt = np.einsum("si,smp->imp", weights, u)  # [n, m, p]
     values = per_prompt.mean(-1)
     n_prompts = u.shape[-1]
     alpha = 1 - confidence
-    heads = {k: _head_values(players, table, objective, weights) for k, objective in enumerate(table.objectives)
-             if table.heads is not None and table.heads.count(objective)}  # objective index -> [K, n, p]
-    heads = {k: phi - (phi.mean((0, 2)) - values[:, k])[None, :, None] for k, phi in heads.items()}  # centred
+    seeds = _seed_values(players, table, weights)  # [k, n, m, p], or None with one seed
+    first = per_prompt if seeds is None else seeds[0]  # the seed the reward heads scored
+    offsets = {}  # objective index -> [K, n, p]: each head's per-prompt values less the first seed's, centred
+    for k, objective in enumerate(table.objectives):
+        if table.heads is not None and table.heads.count(objective):
+            phi = _head_values(players, table, objective, weights)
+            offsets[k] = phi - phi.mean((0, 2))[None, :, None] + first[:, k].mean(-1)[None, :, None] - first[None, :, k]
     if interval == "t":
         if n_prompts < 2:
             raise ValueError("a t-interval needs at least 2 prompts")
-        stderr = per_prompt.std(-1, ddof=1) / np.sqrt(n_prompts)
-        for k, phi in heads.items():
-            stderr[:, k] = np.sqrt(stderr[:, k] ** 2 + phi.mean(-1).var(0, ddof=1))
+        variance = per_prompt.var(-1, ddof=1) / n_prompts
+        if seeds is not None:  # the seeds' values vary around their mean: the variance of a mean of k
+            variance += seeds.mean(-1).var(0, ddof=1) / len(seeds)
+        for k, offset in offsets.items():
+            variance[:, k] += offset.mean(-1).var(0, ddof=1)
+        stderr = np.sqrt(variance)
         half = _t_quantile(1 - alpha / 2, n_prompts - 1) * stderr
         lower, upper = values - half, values + half
     else:
         # a bootstrap replicate reweights each prompt by how often it was drawn
         counts = np.random.default_rng(seed).multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot)
-        boot = per_prompt @ counts.T / n_prompts  # [n, m, n_boot]
-        # Heads from their own stream, so the prompts' draws (and objectives without heads) are unchanged.
+        if seeds is None:
+            boot = per_prompt @ counts.T / n_prompts  # [n, m, n_boot]
+        else:
+            # ... and draws k of the k seeds with replacement. A mean of k draws from k values varies
+            # (k - 1) / k as much as a mean of k fresh seeds would: their spread is widened to undo that.
+            k = len(seeds)
+            widened = per_prompt + np.sqrt(k / (k - 1)) * (seeds - per_prompt)
+            drawn = np.random.default_rng(None if seed is None else [seed, 2]).integers(k, size=(n_boot, k))
+            share = np.stack([np.bincount(row, minlength=k) for row in drawn]) / k  # [n_boot, k]
+            boot = np.einsum("bk,kimp,bp->imb", share, widened, counts) / n_prompts
+        # A head drawn per replicate adds its offset; from their own stream, so the prompts' draws are unchanged.
         draw = np.random.default_rng(None if seed is None else [seed, 1])
-        for k, phi in heads.items():
-            head = draw.integers(len(phi), size=n_boot)
-            for h in range(len(phi)):
-                boot[:, k, head == h] = phi[h] @ counts[head == h].T / n_prompts
+        for k, offset in offsets.items():
+            head = draw.integers(len(offset), size=n_boot)
+            for h in range(len(offset)):
+                boot[:, k, head == h] += offset[h] @ counts[head == h].T / n_prompts
         stderr = boot.std(-1, ddof=1)
         lower, upper = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=-1)
-    counted = {table.heads.count(table.objectives[k]) for k in heads}
+    counted = {table.heads.count(table.objectives[k]) for k in offsets}
     spread = (f" and {'/'.join(map(str, sorted(counted)))} reward heads "
-              f"({', '.join(table.objectives[k] for k in heads)})") if heads else ""
+              f"({', '.join(table.objectives[k] for k in offsets)})") if offsets else ""
+    spread += f" and {len(seeds)} training seeds" if seeds is not None else ""
     return ValuationResult(players, table.objectives, values, (u[-1] - u[0]).mean(-1),
                            f"exact shapley, {interval} interval over {n_prompts} prompts{spread}", stderr, lower, upper)
+
+
+def _seed_values(players: tuple[str, ...], table: UtilityTable, weights: np.ndarray) -> np.ndarray | None:
+    """[k, n, m, p]: each training seed's per-prompt Shapley values (None with one seed)."""
+    if table.seeds is None:
+        return None
+    u = values_by_mask(players, lambda coalition: table.seeds.per_prompt[coalition])  # [2^n, k, m, p]
+    return np.einsum("si,skmp->kimp", weights, u)
 
 
 def _head_values(players: tuple[str, ...], table: UtilityTable, objective: str, weights: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from .coalitions import BASE, TOKEN_LEVEL_MAX_PLAYERS, all_coalitions, coalition
 from .pooled import membership
 from .samples import evaluation_dir
 from .storage import atomic_write_json, atomic_write_text, digest
-from .tokens import reply_ids
+from .tokens import fit_prompt, reply_ids
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -44,10 +44,17 @@ class HeldOut:
     rejected: list[int]
 
 
-def held_out(tokenizer: Any, pairs: list[PreferencePair], tokens: int) -> list[HeldOut]:
-    """Pairs as token ids, replies cut to `tokens`; a pair with an empty reply is left out."""
-    cut = [(p, reply_ids(tokenizer, p.chosen)[:tokens], reply_ids(tokenizer, p.rejected)[:tokens]) for p in pairs]
-    return [HeldOut(p.pair_id, p.prompt, chosen, rejected) for p, chosen, rejected in cut if chosen and rejected]
+def held_out(tokenizer: Any, pairs: list[PreferencePair], tokens: int, prompt_tokens: int | None = None) -> list[HeldOut]:
+    """Pairs as token ids, replies cut to `tokens`; a pair with an empty reply is left out. With
+    `prompt_tokens`, prompts are cut to their end as training cut them (`tokens.fit_prompt`), and a
+    pair whose last user turn alone is longer is left out too."""
+    held = []
+    for pair in pairs:
+        prompt = pair.prompt if prompt_tokens is None else fit_prompt(tokenizer, pair.prompt, prompt_tokens)
+        chosen, rejected = reply_ids(tokenizer, pair.chosen)[:tokens], reply_ids(tokenizer, pair.rejected)[:tokens]
+        if prompt is not None and chosen and rejected:
+            held.append(HeldOut(pair.pair_id, prompt, chosen, rejected))
+    return held
 
 
 def responses_of(heldout: list[HeldOut]) -> list[tuple[Messages, list[int]]]:
@@ -92,26 +99,31 @@ def coalition_preferences(model: Any, tokenizer: Any, heldout: list[HeldOut], so
     return preference_utilities(pd.DataFrame(rows), beta, base="").rename(columns={"model": "coalition"})
 
 
-def evaluate_preferences(context: RunContext, model: Any, tokens: int, reporter: Reporter) -> Path:
+def evaluate_preferences(context: RunContext, model: Any, tokens: int, reporter: Reporter, replicas: int = 1) -> Path:
     """preference.csv for the run's adapters on the pairs behind the split's evaluation prompts
-    (whatever prompts the evaluation sampled on); kept while what produced it is unchanged."""
+    (whatever prompts the evaluation sampled on), and its `seed_table` for each further training
+    seed; each kept while what produced it is unchanged."""
     from .adapters import read_record
+    from .seeds import by_sources, replica_sources, seed_table
 
-    sources = context.sources
     pairs = context.split.eval_pairs  # from the sources, or from the trusted held-out file
-    key = digest({"adapters": {s: digest(read_record(context.run, s)) for s in sources},
-                  "pairs": [p.pair_id for p in pairs], "tokens": tokens})
     folder = evaluation_dir(context.run)
-    record = folder / "preference.json"
-    if record.exists() and json.loads(record.read_text()).get("key") == key:
-        return folder / "preference.csv"
-    heldout = held_out(context.base.tokenizer, pairs, tokens)
-    beta = read_record(context.run, sources[0])["beta"]
-    reporter.log(f"reward-free utilities: {2 ** len(sources)} coalitions on {len(heldout)} held-out pairs")
-    table = coalition_preferences(model, context.base.tokenizer, heldout, sources, beta,
-                                  reporter.stage("held-out preference pairs"))
-    atomic_write_text(folder / "preference.csv", table.to_csv(index=False, float_format="%.6g"))
-    atomic_write_json(record, {"key": key, "pairs": len(heldout), "tokens": tokens})
+    heldout = None
+    for replica in range(replicas):
+        sources = replica_sources(context.sources, replica)
+        key = digest({"adapters": {s: digest(read_record(context.run, s)) for s in sources},
+                      "pairs": [p.pair_id for p in pairs], "tokens": tokens})
+        record = seed_table(folder / "preference.json", replica)
+        if record.exists() and json.loads(record.read_text()).get("key") == key:
+            continue
+        heldout = heldout or held_out(context.base.tokenizer, pairs, tokens)
+        seed = f" (seed {replica + 1})" if replica else ""
+        reporter.log(f"reward-free utilities{seed}: {2 ** len(sources)} coalitions on {len(heldout)} held-out pairs")
+        table = coalition_preferences(model, context.base.tokenizer, heldout, sources, read_record(context.run, sources[0])["beta"],
+                                      reporter.stage("held-out preference pairs" + seed))
+        atomic_write_text(seed_table(folder / "preference.csv", replica),
+                          by_sources(table).to_csv(index=False, float_format="%.6g"))
+        atomic_write_json(record, {"key": key, "pairs": len(heldout), "tokens": tokens})
     return folder / "preference.csv"
 
 
@@ -119,35 +131,43 @@ def evaluate_preferences(context: RunContext, model: Any, tokens: int, reporter:
 # did each adapter learn?
 
 VERDICTS_FILE = "heldout.csv"  # in <run>/adapters/, beside the adapters it judges
-VERDICT_PAIRS = 32  # held-out pairs per source: enough for an interval, a few seconds on a CPU
+VERDICT_PAIRS = 64  # held-out pairs per source: about 3 minutes of 2 CPU cores for a source's first adapter
 
 
-def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: int = VERDICT_PAIRS,
-                     tokens: int = 64) -> pd.DataFrame:
+def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: int = VERDICT_PAIRS) -> pd.DataFrame:
     """Per trained adapter, on held-out pairs of its own source (the split's eval part; with a trusted
-    held-out file, the gold set's evaluation pairs, `splits.judging_pairs`): preference
-    accuracy and implicit reward margin against the base, with 95% intervals, and a verdict:
-    'learned' when the margin's interval lies above 0, 'learned the opposite' below it, else
-    'indistinguishable from the base'. Written to adapters/heldout.csv, kept while the adapters are."""
-    from .adapters import adapters_dir, load_adapters, read_record, trained_sources
-    from .scoring import score_coalitions
+    held-out file, the gold set's evaluation pairs, `splits.judging_pairs`), cut to the lengths it
+    was trained on: preference accuracy and implicit reward margin against the base, with 95%
+    intervals, and a verdict: 'learned' when the margin's interval lies above 0, 'learned the
+    opposite' below it, else 'indistinguishable from the base'. Written to adapters/heldout.csv,
+    kept while the adapters are."""
+    from .adapters import adapters_dir, load_adapters, read_record, source_and_replica, trained_adapters
+    from .scoring import score_variants
     from .splits import judging_pairs
 
-    sources = trained_sources(context.run)
+    adapters = trained_adapters(context.run)  # each source's, and those under further seeds
     path = adapters_dir(context.run) / VERDICTS_FILE
-    key = digest({s: digest(read_record(context.run, s)) for s in sources} | {"pairs": pairs_per_source, "tokens": tokens})
+    key = digest({a: digest(read_record(context.run, a)) for a in adapters} | {"pairs": pairs_per_source, "cut": "trained"})
     if path.exists() and json.loads((path.with_suffix(".json")).read_text()).get("key") == key:
         return pd.read_csv(path)
-    model = load_adapters(context.base, context.run, sources)
+    model = load_adapters(context.base, context.run, adapters)
+    by_source: dict[str, list[str]] = {}
+    for adapter in adapters:
+        by_source.setdefault(source_and_replica(adapter)[0], []).append(adapter)
     rows = []
-    for source in sources:
+    for source, seeds in by_source.items():  # a source's adapters share their pairs, settings and base pass
         pairs = judging_pairs(source, context.data, context.split, context.config.data)
-        heldout = held_out(context.base.tokenizer, pairs[:pairs_per_source], tokens)
-        scored = score_coalitions(model, context.base.tokenizer, responses_of(heldout), [frozenset(), frozenset([source])],
-                                  progress=reporter.stage(f"{source}: held-out pairs"))
-        gain = scored[frozenset([source])] - scored[frozenset()]  # log pi_l(y) - log pi_0(y), per response
-        margin = read_record(context.run, source)["beta"] * (gain[0::2] - gain[1::2])  # chosen, then rejected
-        rows.append({"source": source, "pairs": len(heldout), **judged(margin)})
+        record = read_record(context.run, seeds[0])
+        prompt_tokens = record["settings"]["max_prompt_length"]
+        heldout = held_out(context.base.tokenizer, pairs, record["settings"]["max_length"] - prompt_tokens, prompt_tokens)
+        heldout = heldout[:pairs_per_source]
+        scored = score_variants(model, context.base.tokenizer, responses_of(heldout),
+                                {m: [(m, 1.0)] for m in [BASE, *seeds]},
+                                progress=reporter.stage(f"{source}: held-out pairs")).log_likelihoods
+        for adapter in seeds:
+            gain = scored[adapter] - scored[BASE]  # log pi_l(y) - log pi_0(y), per response
+            margin = record["beta"] * (gain[0::2] - gain[1::2])  # chosen, then rejected
+            rows.append({"source": adapter, "pairs": len(heldout), **judged(margin)})
     table = pd.DataFrame(rows)
     atomic_write_text(path, table.to_csv(index=False))
     atomic_write_json(path.with_suffix(".json"), {"key": key})

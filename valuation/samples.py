@@ -6,6 +6,7 @@
                                                                its bootstrap heads: K lists)
     <run>/evaluation/weights/<key>/chunk-NNNN.json             (pooled) their log-likelihoods under
                                                                every target and anchor
+    <run>/evaluation/weights/<key>/<seed key>/chunk-NNNN.json  the same under a further training seed's adapters
 
 `<key>` hashes everything that produced the samples (base model, adapters, prompts, coalitions,
 sampling settings), so a relaunch redoes only missing chunks and a new reward model re-scores the
@@ -71,8 +72,9 @@ class SampleSet:
     def scores_path(self, objective: str, index: int) -> Path:
         return evaluation_dir(self.run) / "scores" / objective / self.key / f"{chunk_name(index)}.json"
 
-    def weights_path(self, index: int) -> Path:
-        return evaluation_dir(self.run) / "weights" / self.key / f"{chunk_name(index)}.json"
+    def weights_path(self, index: int, folder: str = "") -> Path:
+        """(Pooled) the chunk's log-likelihoods; `folder` names a further training seed's, kept apart."""
+        return evaluation_dir(self.run) / "weights" / self.key / folder / f"{chunk_name(index)}.json"
 
     def sample(self, index: int, prompt_ids: dict[int, str], generate: Callable[[], list[Generation]]) -> bool:
         """Generate chunk `index` unless it is stored (`prompt_ids`: a generation's prompt index -> its

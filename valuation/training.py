@@ -8,6 +8,8 @@ the same model with the adapter switched off: no second copy in memory), minimis
 over the source's training pairs. Every source shares the base, beta, LoRA shape, optimiser,
 schedule, epochs and lengths; only the data and the seed differ, and the seed is derived from the
 run seed and the source's name, so a source trains the same alone, in a batch or after a relaunch.
+With `seeds` k > 1 each source also trains under k - 1 further seeds (adapters `<source>@seed2`, ...):
+the evaluation then averages the values over seeds and puts their spread in the intervals.
 
 The job is `run_train(context, config, reporter)` (valuation/jobs.py). Progress goes to the
 `Reporter` (events for the app, log lines, a tqdm bar in a terminal); each finished adapter is saved
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .adapters import (check_adapter_name, install_adapter, read_record, remove_partial_adapters, save_adapter,
-                       trained_sources)
+                       seed_adapter, source_and_replica, trained_adapters)
 from .config import ConfigError, helped, settings_of
 from .errors import UserError
 from .tokens import fit_prompt
@@ -46,6 +48,9 @@ class TrainingError(UserError):
 class TrainConfig:
     sources: list[str] = helped([], "Sources to train (default: the run's sources).", setting=False)
     retrain: bool = helped(False, "Train the chosen sources again even if they are trained already.", setting=False)
+    seeds: int = helped(1, "Adapters per source, each under its own training seed: 2 or more average the values over "
+                           "seeds and put training noise in the intervals (each seed costs one more training of every "
+                           "source, and each more pooled evaluation scoring pass).", setting=False)
     max_pairs: int = helped(120, "Training pairs per source, taken in the split's seeded order (0: every pair of the split).")
     epochs: float = helped(1.0, "Passes over each source's pairs.")
     learning_rate: float = helped(1e-3, "Peak AdamW learning rate (LoRA wants far more than full fine-tuning's 1e-6).")
@@ -67,7 +72,7 @@ class TrainConfig:
     precompute_ref: bool = helped(True, "Compute the reference log-probs once before training (a step costs about 1/4 less).")
 
     def validate(self) -> None:
-        positive = ("batch_size", "gradient_accumulation", "max_length", "max_prompt_length", "lora_r", "lora_alpha")
+        positive = ("seeds", "batch_size", "gradient_accumulation", "max_length", "max_prompt_length", "lora_r", "lora_alpha")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}.")
@@ -99,10 +104,17 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def source_seed(run_seed: int, source: str) -> int:
-    """A source's training seed: fixed by the run seed and its name, not by when it trains."""
-    digest = hashlib.sha256(f"{run_seed}\x00train\x00{source}".encode()).digest()
+def source_seed(run_seed: int, source: str, replica: int = 0) -> int:
+    """A source's training seed number `replica`: fixed by the run seed and its name, not by when it trains."""
+    further = f"\x00{replica}" if replica else ""  # the first seed is the one a single-seed run has always used
+    digest = hashlib.sha256(f"{run_seed}\x00train\x00{source}{further}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 2**31
+
+
+def adapter_inputs(context: RunContext, adapter: str) -> tuple[list[PreferencePair], int]:
+    """What an adapter trains on: its source's training pairs, and its seed."""
+    source, replica = source_and_replica(adapter)
+    return context.split.train[source], source_seed(context.config.seed, source, replica)
 
 
 # ---------------------------------------------------------------- data
@@ -263,25 +275,25 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
     return trainer.model, record
 
 
-def train_source(context: RunContext, source: str, config: TrainConfig, reporter: Reporter) -> dict[str, Any]:
-    """Train one source's adapter on a fresh copy of the base and save it with its record."""
-    seed = source_seed(context.config.seed, source)
-    model, record = fit_adapter(context.fresh_model(), source, context.split.train[source], config, seed, reporter)
-    save_adapter(model, context.run, source, record)
-    return saved(source, record, reporter)
+def train_source(context: RunContext, adapter: str, config: TrainConfig, reporter: Reporter) -> dict[str, Any]:
+    """Train one adapter (a source's, under one of its seeds) on a fresh copy of the base and save it with its record."""
+    pairs, seed = adapter_inputs(context, adapter)
+    model, record = fit_adapter(context.fresh_model(), adapter, pairs, config, seed, reporter)
+    save_adapter(model, context.run, adapter, record)
+    return saved(adapter, record, reporter)
 
 
-def train_sources(context: RunContext, sources: list[str], config: TrainConfig, reporter: Reporter) -> dict[str, dict]:
-    """Every source's adapter, one after another here, or all at once on a Ray cluster (each task
-    returns its adapter's files, written here: `cluster.train_on_ray`); their records."""
-    if context.backend.backend == "local" or not sources:  # nothing to train: no cluster to start
-        return {source: train_source(context, source, config, reporter) for source in sources}
+def train_sources(context: RunContext, adapters: list[str], config: TrainConfig, reporter: Reporter) -> dict[str, dict]:
+    """Every adapter, one after another here, or all at once on a Ray cluster (each task returns
+    its adapter's files, written here: `cluster.train_on_ray`); their records."""
+    if context.backend.backend == "local" or not adapters:  # nothing to train: no cluster to start
+        return {adapter: train_source(context, adapter, config, reporter) for adapter in adapters}
     from .cluster import train_on_ray
 
     records = {}
-    for source, files, record in train_on_ray(context, sources, config, reporter):
-        install_adapter(context.run, source, files)
-        records[source] = saved(source, record, reporter)
+    for adapter, files, record in train_on_ray(context, adapters, config, reporter):
+        install_adapter(context.run, adapter, files)
+        records[adapter] = saved(adapter, record, reporter)
     return records
 
 
@@ -306,7 +318,8 @@ def _settings_conflicts(context: RunContext, kept: list[str], config: TrainConfi
 
 
 def run_train(context: RunContext, config: TrainConfig, reporter: Reporter) -> dict[str, dict[str, Any]]:
-    """The train job: every chosen source not trained yet (all of them with `retrain`); their records.
+    """The train job: every chosen source's adapters (one per seed) not trained yet (all of them with
+    `retrain`); their records. Every source's first seed trains before any further one.
 
     Sources: `config.sources`, else the run's. Adapters kept from earlier must share these settings.
     """
@@ -315,8 +328,9 @@ def run_train(context: RunContext, config: TrainConfig, reporter: Reporter) -> d
     if unknown:
         raise TrainingError(f"No source {unknown} in this run's split (it has {sorted(context.split.train)}): "
                             "choose them on the Sources page first.")
-    trained = trained_sources(context.run)
-    kept = [s for s in trained if not (config.retrain and s in chosen)]
+    wanted = [seed_adapter(source, replica) for replica in range(config.seeds) for source in chosen]
+    trained = trained_adapters(context.run)
+    kept = [a for a in trained if not (config.retrain and a in wanted)]
     conflicts = _settings_conflicts(context, kept, config)
     if conflicts:
         detail = "; ".join(f"{s}: {', '.join(fields)}" for s, fields in conflicts.items())
@@ -324,10 +338,10 @@ def run_train(context: RunContext, config: TrainConfig, reporter: Reporter) -> d
             f"Trained adapters used other settings than these ({detail}). Every source must share them: "
             "train with the settings they used, or retrain every source with these (--retrain, all sources chosen)."
         )
-    todo = [s for s in chosen if config.retrain or s not in trained]
+    todo = [a for a in wanted if config.retrain or a not in trained]
     remove_partial_adapters(context.run)
-    reporter.event("job_start", sources=chosen, todo=todo, settings=settings_of(config))
-    skipped = [s for s in chosen if s not in todo]
+    reporter.event("job_start", sources=wanted, todo=todo, settings=settings_of(config))
+    skipped = [a for a in wanted if a not in todo]
     if skipped:
         reporter.log(f"already trained, skipped: {', '.join(skipped)}")
     records = train_sources(context, todo, config, reporter)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .adapters import read_record, trained_sources
+from .adapters import read_record, trained_adapters
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +54,7 @@ def training_curves(run: Run, events: list[dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    trained = trained_sources(run)
+    trained = trained_adapters(run)
     for source in trained:
         rows += [{"source": source, **point} for point in read_record(run, source).get("history", [])]
     rows += [
@@ -65,11 +65,11 @@ def training_curves(run: Run, events: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def adapter_table(run: Run) -> pd.DataFrame:
-    """One row per trained adapter: what it was trained on and how it ended."""
+    """One row per trained adapter (each source's, and those under further seeds): what it was trained on and how it ended."""
     import pandas as pd
 
     rows = []
-    for source in trained_sources(run):
+    for source in trained_adapters(run):
         record = read_record(run, source)
         final = record.get("final", {})
         rows.append({

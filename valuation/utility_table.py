@@ -42,6 +42,18 @@ class RewardHeads:
 
 
 @dataclass(frozen=True)
+class SeedReplicas:
+    """A table's per-prompt utilities under each training seed of its sources' adapters
+    (`valuation.seeds`), the first seed first: the table itself holds their mean."""
+
+    per_prompt: Mapping[Coalition, np.ndarray]  # coalition -> [k, m, n_prompts]
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.per_prompt.values())))
+
+
+@dataclass(frozen=True)
 class UtilityTable:
     """Measured utilities v(S), one per objective; optionally one per prompt too.
 
@@ -54,6 +66,7 @@ class UtilityTable:
     per_prompt: Mapping[Coalition, np.ndarray] | None = None  # [m, n_prompts], same prompt order
     prompts: tuple[str, ...] | None = None
     heads: RewardHeads | None = None  # per-head utilities of the same coalitions and prompts, where stored
+    seeds: SeedReplicas | None = None  # with adapters under several training seeds: each seed's utilities
 
     @classmethod
     def from_csv(cls, path: str | PathLike[str]) -> UtilityTable:
@@ -131,3 +144,18 @@ class UtilityTable:
              for c, v in self.values.items()]
         )
         return df.sort_values(["size", "coalition"], ignore_index=True)
+
+
+def with_seeds(first: UtilityTable, further: list[UtilityTable], names: list[str]) -> UtilityTable:
+    """The mean of the tables of the same game under each training seed (`first`, then `further`,
+    each with per-prompt utilities of the same coalitions, prompts and objectives; `names` say which
+    file each came from), keeping each seed's for the intervals. The first seed's reward heads stay."""
+    for table, name in zip(further, names):
+        same = (set(table.values) == set(first.values), table.prompts == first.prompts, table.objectives == first.objectives)
+        if first.per_prompt is None or table.per_prompt is None or not all(same):
+            what = ["coalitions", "prompts", "objectives"][same.index(False)] if not all(same) else "per-prompt utilities"
+            raise ValueError(f"{name} does not match the first seed's table ({what} differ): evaluate again")
+    stacked = {c: np.stack([first.per_prompt[c], *(t.per_prompt[c] for t in further)]) for c in first.per_prompt}
+    mean = {c: u.mean(0) for c, u in stacked.items()}
+    return UtilityTable(first.players, first.objectives, {c: u.mean(-1) for c, u in mean.items()}, mean, first.prompts,
+                        first.heads, SeedReplicas(stacked))

@@ -29,7 +29,7 @@ from .errors import UserError
 from .monte_carlo import bootstrap_intervals, permutation_shapley
 from .runs import Run
 from .shapley import ValuationResult, exact_banzhaf, exact_shapley, pairwise_interactions
-from .utility_table import RewardHeads, UtilityTable
+from .utility_table import RewardHeads, SeedReplicas, UtilityTable, with_seeds
 
 METHODS = ("auto", "exact", "permutation")
 EVALUATION_SETTINGS = ("method", "permutations", "seed")  # what the evaluation decided about which coalitions exist
@@ -70,14 +70,23 @@ def evaluation_settings_path(run: Run | str | PathLike[str]) -> Path:
 
 def load_utilities(path: str | PathLike[str]) -> UtilityTable:
     """A utility table; a run's reward utilities come with their reward models' bootstrap heads
-    where the run stores them (`valuation.reward_spread`), so their intervals carry that noise too."""
+    where the run stores them (`valuation.reward_spread`), and with the same table under every
+    further training seed beside it (`valuation.seeds`: the table becomes their mean), so their
+    intervals carry that noise too."""
     from .reward_spread import with_reward_heads
+    from .seeds import seed_tables
 
     path = Path(path)
     if not path.is_file():
         raise UtilityError(f"no utility table at {path}")
+    def read(table_path: Path) -> UtilityTable:
+        with _table_errors(str(table_path)):
+            return UtilityTable.from_csv(table_path)
+
+    table = with_reward_heads(path, read(path))
+    further = seed_tables(path)
     with _table_errors(str(path)):
-        return with_reward_heads(path, UtilityTable.from_csv(path))
+        return with_seeds(table, [read(p) for p in further], [p.name for p in further]) if further else table
 
 
 def load_run_utilities(run: Run | str | PathLike[str], target: str | None = None) -> UtilityTable:
@@ -145,8 +154,10 @@ def with_combined(table: UtilityTable, weight: float, first: str, second: str,
         return np.concatenate([u, weight * u[a:a + 1] + (1 - weight) * u[b:b + 1]])
 
     per_prompt = None if table.per_prompt is None else {c: combine(u) for c, u in table.per_prompt.items()}
+    seeds = None if table.seeds is None else SeedReplicas({c: np.stack([combine(v) for v in u])
+                                                           for c, u in table.seeds.per_prompt.items()})
     return replace(table, objectives=(*table.objectives, name), heads=_combined_heads(table, weight, first, second, name),
-                   values={c: combine(u) for c, u in table.values.items()}, per_prompt=per_prompt)
+                   values={c: combine(u) for c, u in table.values.items()}, per_prompt=per_prompt, seeds=seeds)
 
 
 def _combined_heads(table: UtilityTable, weight: float, first: str, second: str, name: str) -> RewardHeads | None:
@@ -254,7 +265,12 @@ class Valuation:
             said = "; ".join(f"{', '.join(objectives)}: {why}" for why, objectives in reasons.items())
             if said:
                 covered += f"; over prompts only for {said}" if spread else f" ({said})"
-        return covered + ". Each source has one adapter (one training seed), so adapter training noise is not in them."
+        seeds = self.table.seeds.count if self.table.seeds is not None else 1
+        if seeds == 1:
+            return covered + ". Each source has one adapter (one training seed), so adapter training noise is not in them."
+        spread = ("and the intervals include the spread between them" if "training seeds" in self.shapley.method
+                  else "but the intervals do not include their spread")
+        return covered + f". The values average over {seeds} training seeds of every source's adapter, {spread}."
 
     def spans_zero(self) -> np.ndarray:
         """[n, m]: the interval includes zero (all False without intervals)."""
@@ -392,7 +408,7 @@ def format_table(valuation: Valuation, accuracies: pd.DataFrame | None = None) -
         lines += ["", f"reward model {row.objective}: held-out accuracy {row.accuracy:.3f} "
                       f"[{row.lower:.3f}, {row.upper:.3f}] on {row.pairs:.0f} pairs"
                       + ("  warning: near chance (the interval includes 0.5)" if row.near_chance else "")]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", valuation.interval_note()])
 
 
 TARGET_LABELS = {"direct": "direct sampling of every coalition", "token": "pooled, token-level target",

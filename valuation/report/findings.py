@@ -121,9 +121,7 @@ def caveats_section(facts: Facts, valuations: dict[str, Valuation]) -> str:
                         f"{TARGET_LABELS.get(target, target)}: {', '.join(unclear)}.")
     if valuations:
         valuation = next(iter(valuations.values()))
-        said.append("The intervals cover the spread over prompts only: each source has one adapter (one training "
-                    "seed), so training noise is not in them." if valuation.has_intervals else
-                    "No intervals: the table has one utility per coalition. Per-prompt utilities give bootstrap intervals.")
+        said.append(valuation.interval_note())  # what the intervals cover: prompts, reward heads, training seeds
         said += estimation_caveats(facts.run, next(iter(facts.tables)))
     if not facts.verdicts.empty:
         unlearned = facts.verdicts[facts.verdicts.verdict != "learned"]

@@ -1,0 +1,103 @@
+"""Training noise in the values: adapters under several training seeds, evaluated as replicas of
+the game, averaged, with the spread between seeds in the intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_REWARDS as REWARDS, random_adapter_run
+
+from valuation.game import EvaluationConfig
+from valuation.jobs import run_job
+from valuation.monte_carlo import bootstrap_intervals
+from valuation.samples import evaluation_dir, load_samples
+from valuation.seeds import seed_table
+from valuation.synthetic import save_random_adapters
+from valuation.utility_table import UtilityTable, with_seeds
+from valuation.values import UtilityError, load_run_utilities, target_tables, value_sources
+
+SOURCES = ["harmless-base", "helpful-base"]
+PROMPTS = 40
+
+
+def additive(values: dict[str, float], noise: float, seed: int) -> UtilityTable:
+    """v_x(S) = sum of the members' values plus per-prompt noise shared by all coalitions of a prompt
+    and one member's (so that each prompt's Shapley values differ): known values, known spread."""
+    rng = np.random.default_rng(seed)
+    shift, wobble = rng.normal(0, 1, PROMPTS), rng.normal(0, noise, PROMPTS)
+    rows = []
+    for coalition in ("", "a", "b", "a+b"):
+        members = [m for m in coalition.split("+") if m]
+        for p in range(PROMPTS):
+            utility = shift[p] + sum(values[m] + (wobble[p] if m == "a" else 0) for m in members)
+            rows.append({"coalition": coalition, "prompt": f"p{p:02d}", "u": utility})
+    return UtilityTable.from_frame(pd.DataFrame(rows))
+
+
+def test_the_values_average_the_seeds_and_the_intervals_hold_their_spread() -> None:
+    # Two seeds that disagree about source a (+1 and -1), agree about b (0.5), with little prompt noise.
+    first, second = additive({"a": 1.0, "b": 0.5}, 0.05, 0), additive({"a": -1.0, "b": 0.5}, 0.05, 0)
+    table = with_seeds(first, [second], ["second"])
+    result = bootstrap_intervals(("a", "b"), table, n_boot=2000)
+    alone = bootstrap_intervals(("a", "b"), first, n_boot=2000)
+    mean = (alone.values + bootstrap_intervals(("a", "b"), second, n_boot=2000).values) / 2
+    np.testing.assert_allclose(result.values, mean)  # the mean of the seeds' values: about 0 and 0.5
+    assert result.values[:, 0] == pytest.approx([0.0, 0.5], abs=0.05)
+    assert "2 training seeds" in result.method
+    a_low, a_high = result.lower[0, 0], result.upper[0, 0]
+    assert a_low < -1 and a_high > 1  # the seeds' disagreement is in a's interval: it spans zero
+    assert result.upper[1, 0] - result.lower[1, 0] < 0.1  # b, on which they agree, stays sharp
+
+    # One seed, or seeds that agree: exactly the prompts-only interval.
+    twins = bootstrap_intervals(("a", "b"), with_seeds(first, [first], ["twin"]), n_boot=2000)
+    np.testing.assert_allclose(twins.lower, alone.lower)
+    np.testing.assert_allclose(twins.upper, alone.upper)
+    t = bootstrap_intervals(("a", "b"), table, interval="t")
+    assert t.lower[0, 0] < -1 and t.upper[0, 0] > 1
+
+
+def test_a_seed_table_of_another_game_is_refused() -> None:
+    first = additive({"a": 1.0, "b": 0.5}, 0.05, 0)
+    fewer = UtilityTable.from_frame(first.to_frame().drop(columns="size").query("coalition != 'a+b'"))
+    with pytest.raises(ValueError, match="seed2.csv does not match"):
+        with_seeds(first, [fewer], ["utilities.seed2.csv"])
+
+
+@pytest.mark.parametrize("estimator", ["pooled", "direct"])
+def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, estimator) -> None:
+    run = random_adapter_run(tmp_path, estimator, SOURCES, rewards=REWARDS, eval_prompts=4)
+    save_random_adapters(run, [*SOURCES, "harmless-base@seed2", "helpful-base@seed2"])  # seed 2: other weights
+    config = EvaluationConfig(estimator=estimator, prompts=2, samples=2, pool_per_anchor=2, max_new_tokens=3,
+                              chunk_prompts=1, ess_floor=0)
+    path = run_job(run, "evaluate", config)
+    folder = evaluation_dir(run)
+    first = pd.read_csv(path, keep_default_na=False)
+    second = pd.read_csv(seed_table(path, 1), keep_default_na=False)
+    assert set(second.coalition) == set(first.coalition) and set(second.prompt) == set(first.prompt)
+    assert not np.allclose(first.helpfulness, second.helpfulness)  # other adapters, other utilities
+    assert seed_table(folder / "preference.csv", 1).is_file()  # the reward-free utilities too
+    if estimator == "pooled":
+        assert seed_table(folder / "utilities-sequence.csv", 1).is_file()
+        assert len(load_samples(run)) == 2 * 4 * 2  # one pool (prompts x anchors x draws): the seed is weighed, not sampled
+    for target in target_tables(run):
+        valuation = value_sources(load_run_utilities(run, target))
+        assert "2 training seeds" in valuation.shapley.method and "average over 2 training seeds" in valuation.interval_note()
+    mean = (first.set_index(["coalition", "prompt"]).helpfulness + second.set_index(["coalition", "prompt"]).helpfulness) / 2
+    assert load_run_utilities(run).value(frozenset(SOURCES), "helpfulness") == pytest.approx(
+        mean.xs("harmless-base+helpful-base").mean())
+
+    # Without the further seed's adapters, an evaluation plays one seed and removes the other's tables.
+    for adapter in ("harmless-base@seed2", "helpful-base@seed2"):
+        (run.path / "adapters" / adapter / "training.json").unlink()
+    run_job(run, "evaluate", config)
+    assert not list(folder.glob("*.seed2.csv"))
+    assert "one training seed" in value_sources(load_run_utilities(run)).interval_note()
+
+
+def test_a_damaged_seed_table_says_which_file(tmp_path) -> None:
+    run = random_adapter_run(tmp_path, "damaged", SOURCES, rewards=REWARDS, eval_prompts=4)
+    path = run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=2, samples=1, max_new_tokens=2))
+    pd.read_csv(path, keep_default_na=False).iloc[:-1].to_csv(seed_table(path, 1), index=False)  # a row short
+    with pytest.raises(UtilityError, match="seed2.csv"):
+        load_run_utilities(run)
