@@ -24,6 +24,7 @@ from valuation.preference import read_verdicts
 from valuation.report import report_html
 from valuation.rewards import at_chance, reward_accuracies
 from valuation.runs import Run
+from valuation.seeds import table_stamps
 from valuation.utility_table import UtilityTable
 from valuation.values import (
     TARGET_LABELS,
@@ -44,8 +45,8 @@ LIVE_EVERY_S = 3.0  # how often the live values poll the evaluation's table
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading coalition utilities…")
-def cached_utilities(path: str, modified: float) -> UtilityTable:
-    """The table at `path`, read again only when the file changes."""
+def cached_utilities(path: str, modified: tuple[float, ...]) -> UtilityTable:
+    """The table at `path`, read again only when it or a further seed's table changes (`table_stamps`)."""
     return load_utilities(path)
 
 
@@ -175,7 +176,7 @@ target = st.radio("Target", list(tables), horizontal=True, format_func=TARGET_LA
                        "(preference accuracy), and by how much (the implicit reward margin), exact from the adapters.")
 path = tables[target]
 try:
-    table = cached_utilities(str(path), path.stat().st_mtime)
+    table = cached_utilities(str(path), table_stamps(path))
     evaluated = run_valuation_config(run)  # the evaluation's method, permutations and seed
 except UserError as error:
     show_user_error(error)
@@ -328,7 +329,7 @@ if target in set(estimated.target):
                  labels={"ess_mean": "mean ESS per prompt"}))
     if len(tables) > 1:
         objective = st.selectbox("Token against sequence level, objective", base_objectives, key="targets_objective")
-        both = values_by_target({t: cached_utilities(str(p), p.stat().st_mtime) for t, p in tables.items()},
+        both = values_by_target({t: cached_utilities(str(p), table_stamps(p)) for t, p in tables.items()},
                                 replace(evaluated, confidence=confidence)).query("objective == @objective")
         chart(px.bar(both, x="player", y="value", color="target", barmode="group", error_y="plus",
                      error_y_minus="minus", labels={"player": "source", "value": f"Shapley value, {objective}"}))

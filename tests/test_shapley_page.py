@@ -251,3 +251,24 @@ def test_a_partial_table_that_lacks_coalitions_says_so(tmp_path: Path, monkeypat
         (said,) = [i.value for i in at.info if i.value.startswith("Values are not available yet")]
         assert "lacks 1 of the 8 coalitions" in said
         assert not at.get("plotly_chart")
+
+
+def test_values_over_two_training_seeds_say_so_beside_the_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(tmp_path, monkeypatch, additive_prompt_frame())
+    assert any("one training seed" in c.value for c in at.caption)  # one seed: training noise is not in the intervals
+    run = Run(tmp_path / "demo")
+    additive_prompt_frame(seed=1).to_csv(run.path / "evaluation" / "utilities.seed2.csv", index=False)
+    (run.path / "adapters").mkdir()
+    pd.DataFrame([{"source": "strong", "pairs": 64, "accuracy": 0.6, "accuracy_lower": 0.5, "accuracy_upper": 0.7,
+                   "margin": 0.2, "margin_lower": 0.1, "margin_upper": 0.3, "verdict": "learned"},
+                  {"source": "noise", "pairs": 64, "accuracy": 0.5, "accuracy_lower": 0.4, "accuracy_upper": 0.6,
+                   "margin": 0.0, "margin_lower": -0.1, "margin_upper": 0.1, "verdict": "indistinguishable from the base"}]
+                 ).to_csv(run.path / "adapters" / "heldout.csv", index=False)
+    at.run()
+    assert not at.exception
+    assert any("average over 2 training seeds" in c.value and "spread between them" in c.value for c in at.caption)
+    (verdicts,) = [d.value for d in at.dataframe if "verdict" in d.value.columns]
+    assert list(verdicts.verdict) == ["learned", "indistinguishable from the base"]
+    assert any("noise (indistinguishable from the base)" in w.value for w in at.warning)
+    expected = value_sources(with_combined(load_run_utilities(run), 0.5, "helpfulness", "harmlessness")).shapley
+    np.testing.assert_allclose(numbers(bars(at)["helpfulness"]["y"]), expected.values[:, 0])  # the seeds' mean

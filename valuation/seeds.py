@@ -41,6 +41,11 @@ def seed_tables(path: Path) -> list[Path]:
     return tables
 
 
+def table_stamps(path: Path) -> tuple[float, ...]:
+    """When `path` and its further seeds' tables last changed: what a cache of the table must watch."""
+    return tuple(table.stat().st_mtime for table in [path, *seed_tables(path)])
+
+
 def remove_seed_tables(folder: Path, replicas: int) -> None:
     """Delete the files of replicas `replicas` and beyond: what an evaluation with fewer seeds left behind."""
     for path in folder.glob("*.seed*.*"):
