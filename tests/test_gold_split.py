@@ -139,3 +139,12 @@ def test_adapters_are_judged_on_gold_pairs_not_on_their_own_training_pairs(tmp_p
     assert judged == split.eval_pairs and not {p.pair_id for p in judged} & {p.pair_id for p in split.train["crawl"]}
     plain = _config(tmp_path, gold=False)
     assert all(p.source == "crawl" for p in judging_pairs("crawl", data, split_preferences(data, plain), plain))
+
+
+def test_the_reports_sources_command_names_the_gold_file(tmp_path) -> None:
+    from valuation.config import DataConfig, RunConfig
+    from valuation.report.reproduce import sources_command
+    from valuation.runs import Run
+
+    config = RunConfig(data=DataConfig(heldout_file="/data/gold.jsonl"))
+    assert "--heldout-file /data/gold.jsonl" in sources_command(Run(tmp_path / "r"), config)

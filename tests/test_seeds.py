@@ -101,3 +101,12 @@ def test_a_damaged_seed_table_says_which_file(tmp_path) -> None:
     pd.read_csv(path, keep_default_na=False).iloc[:-1].to_csv(seed_table(path, 1), index=False)  # a row short
     with pytest.raises(UtilityError, match="seed2.csv"):
         load_run_utilities(run)
+
+
+def test_the_reports_train_command_names_the_seeds(tmp_path) -> None:
+    from valuation.report.reproduce import train_configs
+
+    run = random_adapter_run(tmp_path, "report", SOURCES)
+    assert train_configs(run, SOURCES)[0].seeds == 1
+    save_random_adapters(run, [*SOURCES, "harmless-base@seed2", "helpful-base@seed2"])
+    assert train_configs(run, SOURCES)[0].seeds == 2

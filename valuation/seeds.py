@@ -47,10 +47,13 @@ def table_stamps(path: Path) -> tuple[float, ...]:
 
 
 def remove_seed_tables(folder: Path, replicas: int) -> None:
-    """Delete the files of replicas `replicas` and beyond: what an evaluation with fewer seeds left behind."""
+    """Before an evaluation of `replicas` seeds: delete every further seed's utility and estimation
+    tables (each is written again when its seed has been evaluated, so none from an earlier
+    evaluation is ever averaged in), and the reward-free tables of seeds `replicas` and beyond
+    (the others are kept while what produced them is unchanged)."""
     for path in folder.glob("*.seed*.*"):
-        number = _SEED_SUFFIX.search(Path(path.stem).name)
-        if number and int(number.group(1)) - 1 >= replicas:
+        number = _SEED_SUFFIX.search(path.stem)
+        if number and (not path.name.startswith("preference.") or int(number.group(1)) - 1 >= replicas):
             path.unlink(missing_ok=True)
 
 

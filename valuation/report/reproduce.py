@@ -30,7 +30,7 @@ def sources_command(run: Run, config: RunConfig) -> str:
 
     data, args = config.data, ["sources", "--run", shown_path(run.path), "--new"]
     for flag, value in (("--data", data.dataset if data.dataset != "hh-rlhf" else ""), ("--data-dir", data.data_dir),
-                        ("--ultrafeedback-file", data.ultrafeedback_file)):
+                        ("--ultrafeedback-file", data.ultrafeedback_file), ("--heldout-file", data.heldout_file)):
         args += [flag, value] if value else []
     args += ["--sources", *data.sources] if data.sources else []
     return f"VALUATION_MODEL={shlex.quote(config.model.name)} python -m valuation {shlex.join(args)}"
@@ -39,14 +39,16 @@ def sources_command(run: Run, config: RunConfig) -> str:
 def train_configs(run: Run, all_sources: list[str]) -> list[Any]:
     """The TrainConfig of each group of adapters trained with the same settings (its sources named when
     they are not all of the run's)."""
-    from ..adapters import read_record, trained_sources
+    from ..adapters import read_record, trained_seeds, trained_sources
     from ..training import TrainConfig
 
     groups: dict[str, list[str]] = {}
     for source in trained_sources(run):
         groups.setdefault(json.dumps(read_record(run, source).get("settings", {}), sort_keys=True), []).append(source)
-    return [from_dict(TrainConfig, {**json.loads(settings), **({} if sources == all_sources else {"sources": sources})},
-                      "training record") for settings, sources in groups.items()]
+    seeds = trained_seeds(run, trained_sources(run))
+    return [from_dict(TrainConfig, {**json.loads(settings), **({} if sources == all_sources else {"sources": sources}),
+                                    **({"seeds": seeds} if seeds > 1 else {})}, "training record")
+            for settings, sources in groups.items()]
 
 
 def validation_config(folder: Path) -> Any:
