@@ -36,7 +36,7 @@ from valuation.runs import Run, create_run  # noqa: E402
 from valuation.sources import record_sources  # noqa: E402
 
 SOURCES = ["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
-TRAIN = {"max_pairs": 16, "batch_size": 2, "max_length": 64, "max_prompt_length": 48}
+TRAIN = {"max_pairs": 16, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48}
 CORES = os.cpu_count() or 1
 
 

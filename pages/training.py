@@ -20,7 +20,8 @@ from valuation.preference import read_verdicts
 from valuation.training import DROPPED_WARNING, PRESETS, TrainConfig, too_many_dropped
 from valuation.training_progress import adapter_table, source_progress, training_curves
 
-MAIN_SETTINGS = ("max_pairs", "epochs", "learning_rate", "batch_size", "max_length", "max_prompt_length")
+MAIN_SETTINGS = ("max_pairs", "epochs", "learning_rate", "batch_size", "gradient_accumulation", "max_length",
+                 "max_prompt_length")
 
 st.title("Training")
 st.caption("One LoRA adapter per source, trained with DPO (beta 0.1) on the same base with the same settings. "
@@ -91,8 +92,9 @@ def training_progress(status: JobStatus | None) -> None:
 
 
 st.subheader("Job")
-came_with = ("These are the shipped demo's adapters, trained by `python -m valuation demo` (quick preset) before "
-             "this project was packaged: their curves are below." if run.name == DEMO_NAME else
+came_with = ("These are the shipped demo's adapters, trained by `python -m valuation demo` before this project was "
+             "packaged, under the quick preset of the time (learning rate 1e-3 in steps of 4 pairs, prompts too long for "
+             "the cap dropped, not cut): their curves are below." if run.name == DEMO_NAME else
              "These adapters were trained before this run's last job record: their curves are below.")
 job_panel(run, "train", details=training_progress, no_job=came_with if trained_sources(run) else None)
 

@@ -29,7 +29,7 @@ from valuation.samples import evaluation_dir
 from valuation.sources import record_sources
 
 SOURCES = ["harmless-base", "helpful-base"]
-TRAIN = {"max_pairs": 8, "batch_size": 2, "max_length": 64, "max_prompt_length": 48}  # four steps a source
+TRAIN = {"max_pairs": 8, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48}  # four steps a source
 
 
 # ---------------------------------------------------------------- settings, without a cluster

@@ -24,7 +24,7 @@ from valuation.training_progress import source_progress, training_curves
 
 SOURCES = ["harmless-base", "helpful-base"]
 # Seconds per source on the tiny model: two or three optimiser steps on short sequences.
-TINY = {"max_pairs": 4, "batch_size": 2, "max_length": 64, "max_prompt_length": 48, "epochs": 1.0}
+TINY = {"max_pairs": 4, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48, "epochs": 1.0}
 
 
 @pytest.fixture
