@@ -95,11 +95,10 @@ class TrainConfig:
             raise ConfigError("training.lora_targets is empty: name the modules to adapt, e.g. q_proj v_proj.")
 
 
-# `quick`: a CPU in minutes (four sources in under 20 minutes on 2 cores, measured). Its 120 pairs a
-# source, 1 epoch, learning rate 4e-3 in 15 steps of 8 pairs: at 1e-3 in 30 steps of 4, none of 8
-# adapters on the offline HH-RLHF subsets (4 sources x 2 seeds) told held-out pairs apart from the
-# base; at 4e-3 in steps of 8 (the same pairs, lengths and passes: the same CPU time) see the
-# measurements in bench/README.md.
+# `quick`: a CPU in minutes (four sources in under 20 minutes on 2 cores, measured): 120 pairs a
+# source, 1 epoch, learning rate 4e-3 in 15 steps of 8 pairs. At 1e-3 in 30 steps of 4 (the same
+# pairs, lengths and passes: the same CPU time) none of 8 adapters on the offline HH-RLHF subsets
+# (4 sources x 2 seeds) told held-out pairs apart from the base; at 4e-3, 1 of 4 did (bench/README.md).
 # `paper`: a GPU, whole sources, longer sequences, the paper's beta and LoRA shape.
 PRESETS: dict[str, TrainConfig] = {
     "quick": TrainConfig(),
