@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_REWARDS as REWARDS, random_adapter_run
 
+from valuation import cli
 from valuation.game import EvaluationConfig
 from valuation.jobs import run_job
 from valuation.monte_carlo import bootstrap_intervals
@@ -65,7 +66,7 @@ def test_a_seed_table_of_another_game_is_refused() -> None:
 
 
 @pytest.mark.parametrize("estimator", ["pooled", "direct"])
-def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, estimator) -> None:
+def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, estimator, capsys) -> None:
     run = random_adapter_run(tmp_path, estimator, SOURCES, rewards=REWARDS, eval_prompts=4)
     save_random_adapters(run, [*SOURCES, "harmless-base@seed2", "helpful-base@seed2"])  # seed 2: other weights
     config = EvaluationConfig(estimator=estimator, prompts=2, samples=2, pool_per_anchor=2, max_new_tokens=3,
@@ -83,6 +84,8 @@ def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, es
     for target in target_tables(run):
         valuation = value_sources(load_run_utilities(run, target))
         assert "2 training seeds" in valuation.shapley.method and "average over 2 training seeds" in valuation.interval_note()
+    assert cli.main(["shapley", "--run", str(run.path), "--target", "preference"]) == 0  # the reward-free target
+    assert "average over 2 training seeds" in capsys.readouterr().out
     mean = (first.set_index(["coalition", "prompt"]).helpfulness + second.set_index(["coalition", "prompt"]).helpfulness) / 2
     assert load_run_utilities(run).value(frozenset(SOURCES), "helpfulness") == pytest.approx(
         mean.xs("harmless-base+helpful-base").mean())

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from ..config import field_help
-from ..values import METHODS, ValuationConfig
+from ..values import METHODS, TARGET_LABELS, ValuationConfig
 
 # With --run these default to the run's evaluation settings: it measured the coalitions they pick.
 EVALUATION_FLAGS = ("method", "permutations", "seed")
@@ -30,9 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=float, default=defaults.confidence,
                         help=field_help(ValuationConfig, "confidence"))
     parser.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help=field_help(ValuationConfig, "bootstrap"))
-    parser.add_argument("--target", choices=("direct", "token", "sequence"),
-                        help="With --run after a pooled evaluation: value the token-level (default) or the "
-                             "sequence-level target's utilities.")
+    parser.add_argument("--target", choices=tuple(TARGET_LABELS),
+                        help="With --run: the utilities to value. After a pooled evaluation 'token' (default) or "
+                             "'sequence'; on every run 'preference', the reward-free held-out pair utilities.")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="'table': aligned text per objective; 'json': {shapley: {objective: {source: "
                              "{value, lower, upper}}}, banzhaf, efficiency}.")
