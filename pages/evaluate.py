@@ -12,17 +12,17 @@ import dataclasses
 import streamlit as st
 
 from pages.ui import backend_choice, job_panel, require_run, show_user_error
-from valuation.adapters import trained_seeds, trained_sources
-from valuation.errors import UserError
-from valuation.coalitions import EXACT_MAX_PLAYERS
 from valuation.config import field_help
-from valuation.game import (ESTIMATORS, PRESETS, EvaluationConfig, coalitions_to_evaluate, estimate_seconds,
-                            evaluation_cost)
-from valuation.samples import evaluation_dir, load_samples, measured_throughput
-from valuation.jobs import command, launch
-from valuation.pooled import anchor_coalitions
-from valuation.rewards import default_reward_config, reward_accuracies
-from valuation.values import utilities_path
+from valuation.errors import UserError
+from valuation.evaluation.importance import anchor_coalitions
+from valuation.evaluation.job import coalitions_to_evaluate, estimate_seconds, evaluation_cost
+from valuation.evaluation.settings import ESTIMATORS, PRESETS, EvaluationConfig
+from valuation.games.coalitions import EXACT_MAX_PLAYERS
+from valuation.jobs.background import job_status
+from valuation.jobs.registry import command, launch
+from valuation.lm.adapters import trained_seeds
+from valuation.rewards.cards import chance_warning
+from valuation.rewards.job import default_reward_config
 
 BUDGET_MINUTES = 60  # past this estimate, exact enumeration gives way to Monte Carlo
 
@@ -30,10 +30,9 @@ st.title("Evaluate")
 st.caption("Each coalition's model answers the same held-out prompts with the same random seeds; reward models "
            "score the answers, and a coalition's utility v(S) is its mean reward.")
 
-run = require_run()
-sources = run.load_config().data.sources
-trained = trained_sources(run)
-missing = [s for s in sources if s not in trained]
+snapshot = require_run()
+run, store, sources = snapshot.run, snapshot.store, snapshot.sources
+missing = [s for s in sources if s not in snapshot.trained]
 if len(sources) < 2 or missing:
     st.info(f"Train an adapter for every source first (missing: {', '.join(missing) or 'pick sources'}): "
             "the Training page does it in the background.", icon=":material/model_training:")
@@ -63,7 +62,7 @@ settings = dataclasses.replace(
                             help=f"exact: all 2^n; permutation: those sampled orders visit; auto: exact up to {EXACT_MAX_PLAYERS} sources."),
     permutations=right.number_input("Permutations (Monte Carlo)", 4, 100_000, defaults.permutations),
 )
-run_config = run.load_config()
+run_config = snapshot.config
 with st.expander("Reward models"):
     st.caption("The offline default trains Bradley-Terry heads on the base model's frozen hidden states, on reward "
                "pairs kept apart from every source's training pairs and from the evaluation prompts. Online, the "
@@ -89,7 +88,7 @@ except UserError as error:
 coalitions = coalitions_to_evaluate(sources, settings)
 seeds = trained_seeds(run, sources)  # training seeds every source has an adapter for: each is a replica of the game
 cost = evaluation_cost(sources, coalitions, settings, seeds)
-minutes = estimate_seconds(cost, measured_throughput(run)) / 60
+minutes = estimate_seconds(cost, store.throughput()) / 60
 method = settings.resolved_method(len(sources))
 drawn = (f"{settings.samples} samples of each" if settings.estimator == "direct" else
          f"one pool of {cost.reward_calls // settings.prompts} responses from {len(anchor_coalitions(sources))} anchor "
@@ -98,12 +97,12 @@ replicas = f" × {seeds} training seeds" if seeds > 1 else ""
 st.markdown(f"**{len(coalitions)} coalitions** ({method}, {settings.estimator}){replicas} × {settings.prompts} prompts, "
             f"{drawn}: about **{minutes:.0f} minutes** of model passes on this machine, plus {cost.reward_calls} reward "
             "calls per reward model" + (f" and {cost.scored_responses} teacher-forced scorings" if cost.scored_responses else "")
-            + ("" if not reward_accuracies(run).empty else ", plus training the reward models (about 10 minutes, once)") + ".")
+            + ("" if not snapshot.accuracies.empty else ", plus training the reward models (about 10 minutes, once)") + ".")
 if method == "exact" and minutes > BUDGET_MINUTES:
     st.warning(f"Exact enumeration of 2^{len(sources)} coalitions would take over {BUDGET_MINUTES} minutes: choose "
                "'permutation' to evaluate only the coalitions a Monte Carlo sample of orders visits.")
 
-backend = backend_choice(run)
+backend = backend_choice(snapshot)
 if st.button("Evaluate coalitions", type="primary", icon=":material/play_arrow:"):
     try:
         if rewards != run_config.rewards:
@@ -111,26 +110,25 @@ if st.button("Evaluate coalitions", type="primary", icon=":material/play_arrow:"
         launch(run, "evaluate", settings, backend)
     except UserError as error:
         show_user_error(error)
-st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'evaluate', settings, backend))}`: "
+st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'evaluate', settings, backend, run_config))}`: "
            "you can close the browser.")
 
-job_panel(run, "evaluate")
+job_panel(run, "evaluate", job_status(run))
 
 # --- Results -----------------------------------------------------------------------------------
-accuracies = reward_accuracies(run)
+accuracies = snapshot.accuracies
 if not accuracies.empty:
     st.subheader("Reward models")
     st.dataframe(accuracies, hide_index=True, width="stretch",
                  column_config={"accuracy": st.column_config.NumberColumn("held-out accuracy", format="%.3f")})
     for row in accuracies[accuracies.near_chance].itertuples():
-        st.warning(f"The {row.objective} reward model is near chance on held-out pairs "
-                   f"({row.accuracy:.1%}, interval {row.lower:.1%}–{row.upper:.1%}): its Shapley values carry little signal.")
+        st.warning(chance_warning(row))
 
-if utilities_path(run).exists():
+if store.has_utilities():
     st.page_link("pages/shapley.py", label="Read the Shapley values", icon=":material/bar_chart:")
     st.subheader("Generations")
     st.caption("Every stored answer with its rewards: audit a value by reading what each coalition said.")
-    samples = load_samples(run)
+    samples = store.samples()
     if not samples.empty:
         left, right = st.columns(2)
         coalition = left.selectbox("Coalition", sorted(samples.coalition.unique(), key=lambda c: (c.count("+"), c)))
@@ -139,5 +137,5 @@ if utilities_path(run).exists():
         objectives = [c for c in shown.columns if c not in {"coalition", "prompt_id", "prompt_index", "sample", "text",
                                                            "tokens", "finished_by_eos", "key", "chunk"}]
         st.dataframe(shown[["sample", "text", *objectives, "tokens"]], hide_index=True, width="stretch")
-elif evaluation_dir(run).exists():
+elif store.exists():
     st.caption("No utilities yet: the evaluation writes them chunk by chunk.")

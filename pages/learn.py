@@ -8,22 +8,19 @@ through_app()  # opened outside app.py's st.navigation: hand over to it
 
 from math import factorial
 
-import numpy as np
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.colors import hex_to_rgb
 
-from pages.ui import chart, colors, current_run
-from valuation.axioms import check_axioms
-from valuation.lesson import (
+from pages.ui import chart, current_run
+from valuation.games.axioms import check_axioms, number
+from valuation.runs import Run
+from valuation.views.figures import cost_figure, lattice_figure, simulation_figure, waterfall_figure
+from valuation.views.lesson import (
     ARITHMETIC_FORMULA,
     GENERAL_FORMULA,
     MAX_LABELLED_PLAYERS,
     MAX_LISTED_ORDERS,
     ArithmeticCosts,
-    Lattice,
     LessonGame,
     all_orders,
     arithmetic_latex,
@@ -31,14 +28,11 @@ from valuation.lesson import (
     formula_latex,
     lattice,
     lesson_game,
-    number,
     shapley_terms,
     shuffled_order,
     simulate,
     walkthrough,
 )
-from valuation.runs import Run
-from valuation.values import utilities_path
 
 ORDER_KEY, SEED_KEY = "learn_order", "learn_shuffle_seed"
 
@@ -54,85 +48,9 @@ AXIOMS = {
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def cached_lesson(run_path: str | None, modified: float) -> LessonGame:
+def cached_lesson(run_path: str | None, stamps: tuple[float, ...]) -> LessonGame:
     """The lesson's game, read again only when the run's utility table changes."""
     return lesson_game(Run.at(run_path) if run_path else None)
-
-
-def segments(edges: pd.DataFrame) -> tuple[list, list]:
-    """x and y of many line segments as one trace, separated by None."""
-    xs = [c for e in edges.itertuples() for c in (e.x0, e.x1, None)]
-    ys = [c for e in edges.itertuples() for c in (e.y0, e.y1, None)]
-    return xs, ys
-
-
-def lattice_figure(graph: Lattice, objective: str, players: tuple[str, ...], path: pd.DataFrame) -> go.Figure:
-    """Coalitions as dots by size, coloured by utility; a line per added source, in that source's colour,
-    labelled with its marginal contribution; the join order as a thick dark path."""
-    figure = go.Figure()
-    on_path = graph.edges.set_index(["source", "target"]).index.isin(list(zip(path.before, path.after)))
-    xs, ys = segments(graph.edges[on_path])
-    figure.add_scatter(x=xs, y=ys, mode="lines", line=dict(color="black", width=5), opacity=0.35,
-                       hoverinfo="skip", name="join order (step 2)")
-    for k, (player, color) in enumerate(colors(players).items()):
-        edges = graph.edges[graph.edges.added == player]
-        xs, ys = segments(edges)
-        figure.add_scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=1.5), opacity=0.6,
-                           hoverinfo="skip", name=f"adds {player}", legendgroup=player)
-        # labels sit at a different point along the line for each source, so crossing lines keep theirs apart
-        t = 0.3 + 0.4 * k / max(len(players) - 1, 1)
-        figure.add_scatter(
-            x=(1 - t) * edges.x0 + t * edges.x1, y=(1 - t) * edges.y0 + t * edges.y1,
-            mode="text" if graph.labelled else "markers", text=[f"{m:+.3g}" for m in edges.marginal],
-            textfont=dict(size=11, color=color), marker=dict(size=8, opacity=0), showlegend=False,
-            legendgroup=player, customdata=edges.source.replace("", "∅"),
-            hovertemplate=f"adding {player} to %{{customdata}}: %{{text}}<extra></extra>")
-    nodes = graph.nodes
-    figure.add_scatter(
-        x=nodes.x, y=nodes.y, mode="markers+text" if graph.labelled else "markers", text=nodes.label,
-        textposition="top center", customdata=nodes.utility, showlegend=False,
-        marker=dict(size=18 if graph.labelled else 9, color=nodes.utility, colorscale="Viridis", showscale=True,
-                    colorbar=dict(title=objective, x=1.0, xanchor="left", len=0.6, y=0, yanchor="bottom"),
-                    line=dict(color="white", width=1)),
-        hovertemplate="%{text}<br>v = %{customdata:.4g}<extra></extra>")
-    n = int(nodes["size"].max())
-    return figure.update_layout(
-        height=140 * (n + 1) + 60, xaxis=dict(visible=False), legend=dict(y=1, yanchor="top"),
-        yaxis=dict(title="coalition size |S|", tickvals=list(range(n + 1)), zeroline=False))
-
-
-def walkthrough_figure(steps: pd.DataFrame, objective: str) -> go.Figure:
-    """From v(∅), one step per source in join order, to v(N)."""
-    return go.Figure(go.Waterfall(
-        x=["v(∅)", *[f"+ {s}" for s in steps.source], "v(N)"],
-        measure=["absolute", *["relative"] * len(steps), "total"],
-        y=[steps.v_before.iloc[0], *steps.marginal, 0],
-        text=[number(steps.v_before.iloc[0]), *[f"{m:+.3g}" for m in steps.marginal], number(steps.v_after.iloc[-1])],
-    )).update_layout(yaxis_title=objective, showlegend=False)
-
-
-def simulation_figure(trace: pd.DataFrame, players: tuple[str, ...], objective: str) -> go.Figure:
-    """Running estimates with a 95% band, the exact value as a dotted line of the same colour."""
-    figure = go.Figure()
-    for player, color in colors(players).items():
-        rows = trace[trace.player == player].dropna(subset="stderr")
-        x = pd.concat([rows.permutations, rows.permutations[::-1]])
-        band = pd.concat([rows.estimate + 1.96 * rows.stderr, (rows.estimate - 1.96 * rows.stderr)[::-1]])
-        figure.add_scatter(x=x, y=band, fill="toself", fillcolor=f"rgba{(*hex_to_rgb(color), 0.2)}",
-                           line_width=0, hoverinfo="skip", showlegend=False, legendgroup=player)
-        figure.add_scatter(x=rows.permutations, y=rows.estimate, name=player, line_color=color, legendgroup=player)
-        figure.add_hline(y=rows.exact.iloc[0], line_dash="dot", line_color=color)
-    return figure.update_layout(xaxis_title="permutations sampled", yaxis_title=f"{objective} Shapley value")
-
-
-def cost_figure(n: int) -> go.Figure:
-    sizes = np.arange(1, max(n, 12) + 1)
-    frame = pd.DataFrame({"sources": np.concatenate([sizes, sizes]),
-                          "fine-tunings": np.concatenate([2 ** sizes - 1, sizes]),
-                          "approach": ["one model per coalition"] * len(sizes) + ["one adapter per source"] * len(sizes)})
-    figure = px.line(frame, x="sources", y="fine-tunings", color="approach", markers=True, log_y=True)
-    figure.update_yaxes(dtick=1)  # one tick per power of ten
-    return figure.add_vline(x=n, line_dash="dot", line_color="grey", annotation_text=f"this game: n = {n}")
 
 
 def reset_order(players: tuple[str, ...]) -> None:
@@ -151,10 +69,9 @@ def shuffle(players: tuple[str, ...]) -> None:
 st.title("Learn")
 st.caption("What a Shapley value is, step by step, until you reach the numbers on the Shapley page.")
 
-run = current_run()
-path = utilities_path(run) if run is not None else None
-game = cached_lesson(str(run.path) if run is not None else None,
-                     path.stat().st_mtime if path is not None and path.is_file() else 0.0)
+snapshot = current_run()
+game = cached_lesson(str(snapshot.run.path) if snapshot is not None else None,
+                     snapshot.store.stamps() if snapshot is not None else ())
 table, players = game.table, game.table.players
 n = len(players)
 if game.is_example:
@@ -210,7 +127,8 @@ left, right = st.columns([4, 1])
 left.multiselect("Join order", players, key=ORDER_KEY,
                  help="Pick sources in the order they join; the ones you leave out join last, in the listed order.")
 right.button("Shuffle", icon=":material/shuffle:", on_click=shuffle, args=(players,), width="stretch")
-chart(walkthrough_figure(steps, objective))
+chart(waterfall_figure(steps.v_before.iloc[0], [(f"+ {s}", m) for s, m in zip(steps.source, steps.marginal)],
+                      objective))
 st.dataframe(steps.rename(columns={"before": "joins", "v_before": "v(before)", "v_after": "v(after)"})
              .drop(columns=["after"]), width="stretch", hide_index=True)
 st.markdown(

@@ -9,11 +9,14 @@ through_app()  # opened outside app.py's st.navigation: hand over to it
 import streamlit as st
 
 from pages.ui import cached_coalition_model, cached_preferences, require_run, show_user_error
-from valuation.adapters import trained_sources
-from valuation.arithmetic import Messages, SamplingSettings
 from valuation.config import field_help
+from valuation.data.splits import split_preferences
 from valuation.errors import UserError
-from valuation.playground import (
+from valuation.games.utility_table import UtilityTable
+from valuation.lm.arithmetic import Messages, SamplingSettings
+from valuation.rewards.store import load_reward
+from valuation.runs import Run
+from valuation.views.playground import (
     MAX_COLUMNS,
     Column,
     ColumnOutput,
@@ -29,11 +32,6 @@ from valuation.playground import (
     stream_columns,
     with_last_user_turn,
 )
-from valuation.rewards import load_reward, reward_accuracies
-from valuation.runs import Run
-from valuation.splits import split_preferences
-from valuation.utility_table import UtilityTable
-from valuation.values import target_tables
 
 OUTPUTS = "playground_outputs"  # the last generation: its columns and their outputs, kept across reruns
 WRITE_YOUR_OWN = "Write your own prompt"
@@ -42,8 +40,8 @@ st.title("Playground")
 st.caption("Ask one question and read the answers of the base model and of coalitions of sources, side by side. "
            "No coalition model is trained: each is built on the fly from the sources' adapters.")
 
-run = require_run()
-sources = trained_sources(run)
+snapshot = require_run()
+run, sources = snapshot.run, snapshot.trained
 if not sources:
     st.info("Train adapters on the Training page first: a column combines the adapters of the sources you pick. "
             "Until then only the base model π_0 answers here.", icon=":material/info:")
@@ -76,11 +74,11 @@ def _reward_model(run_path: str, objective: str, key: str, model_stamp: tuple, _
 def cached_reward_models(run: Run, loaded) -> dict:
     stamp = (run.config_path.stat().st_mtime, adapter_stamps(run))
     return {objective: _reward_model(str(run.path), objective, key, stamp, loaded)
-            for objective, key in reward_keys(run).items()}
+            for objective, key in reward_keys(snapshot.cards).items()}
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def cached_preference_table(run_path: str, modified: float) -> UtilityTable | None:
+def cached_preference_table(run_path: str, stamps: tuple[float, ...]) -> UtilityTable | None:
     return preference_table(Run.at(run_path))
 
 
@@ -140,10 +138,8 @@ for k, slot in enumerate(st.columns(count + 1, border=True)):
         placeholders.append(st.empty())
 
 
-notes = reward_notes(reward_accuracies(run))
-preference_path = target_tables(run).get("preference")
-preferences = (cached_preference_table(str(run.path), preference_path.stat().st_mtime)
-               if preference_path is not None else None)
+notes = reward_notes(snapshot.accuracies)
+preferences = cached_preference_table(str(run.path), snapshot.store.stamps("preference"))
 
 
 def show(placeholder, column: Column, output: ColumnOutput) -> None:

@@ -10,21 +10,20 @@ import json
 from dataclasses import replace
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from pages.ui import cached_preferences, chart, require_run, show_user_error
-from valuation.adapters import trained_sources
 from valuation.config import ConfigError, DataConfig, ModelConfig, every_source, to_dict
+from valuation.data.sources import describe_provenance, describe_sources, pair_lengths, record_sources, save_upload
 from valuation.errors import UserError
-from valuation.sources import (describe_provenance, describe_sources, pair_lengths, prompt_fit, record_sources,
-                               save_upload, training_cap)
-from valuation.training import DROPPED_WARNING, PRESETS
+from valuation.training.pairs import dropped_warning, prompt_fit, training_cap
+from valuation.training.settings import PRESETS
+from valuation.views.figures import lengths_figure
 
 
 @st.cache_resource(show_spinner="Loading the tokenizer…", max_entries=2)
 def cached_tokenizer(model_json: str):
-    from valuation.models import load_model_tokenizer
+    from valuation.lm.models import load_model_tokenizer
 
     return load_model_tokenizer(ModelConfig(**json.loads(model_json)))
 
@@ -32,7 +31,7 @@ def cached_tokenizer(model_json: str):
 @st.cache_data(show_spinner="Fitting prompts to the training cap…", max_entries=16)
 def cached_prompt_fit(data_json: str, model_json: str, max_pairs: int, max_prompt_length: int) -> pd.DataFrame:
     """What the cap does to each chosen source's training pairs: the split these sources get once saved."""
-    from valuation.splits import split_preferences
+    from valuation.data.splits import split_preferences
 
     data_config = DataConfig(**json.loads(data_json))
     split = split_preferences(cached_preferences(every_source(data_config)), data_config)
@@ -44,8 +43,8 @@ st.title("Sources")
 st.caption("Each source is a player in the game: one adapter is trained per source, and its Shapley value "
            "says how much it contributes to the coalition models.")
 
-run = require_run()
-saved = run.load_config().data
+snapshot = require_run()
+run, saved = snapshot.run, snapshot.config.data
 
 # --- Which dataset -----------------------------------------------------------------------------
 DATASETS = {"Anthropic HH-RLHF (offline default)": "hh-rlhf", "UltraFeedback (schema of openbmb/UltraFeedback)": "ultrafeedback",
@@ -115,9 +114,10 @@ summary = describe_sources(data).loc[sources] if sources else describe_sources(d
 st.dataframe(summary, width="stretch")
 
 config = DataConfig(**{**base.__dict__, "sources": sources})
+recorded = snapshot.split
 if st.button("Save these sources to the run", type="primary", disabled=len(sources) < 2):
     try:
-        split = record_sources(run, config).summary()
+        split = recorded = record_sources(run, config).summary()
     except UserError as error:
         show_user_error(error)
     else:
@@ -128,7 +128,6 @@ elif (sorted(saved.sources or available) == sorted(sources) and saved.dataset ==
     st.caption(f"Run '{run.name}' uses these sources.")
 else:
     st.caption("Not saved yet: the run keeps its previous choice until you save.")
-recorded = run.load_split()
 if recorded:
     st.caption(f":material/call_split: Recorded split: {describe_provenance(recorded)}.")
 
@@ -137,8 +136,8 @@ if not sources:
 
 # --- The prompt length cap -----------------------------------------------------------------------
 st.subheader("Prompt length cap")
-cap = training_cap(run)
-origin = "the settings of the run's adapters" if trained_sources(run) else "the quick preset"
+cap = training_cap(snapshot.records)
+origin = "the settings of the run's adapters" if snapshot.adapters else "the quick preset"
 st.caption(f"Training reads each source's training pairs in the split's order until {cap.max_pairs or 'all'} are "
            f"kept, with prompts of at most {cap.max_prompt_length} tokens through the chat template ({origin}). "
            "A longer prompt keeps its last user turn and the earlier turns that fit (truncated); a pair whose last "
@@ -148,29 +147,20 @@ if st.toggle("Count what the cap keeps of each source", help="Loads the base mod
              "first time. The Training page shows the same counts for every trained adapter."):
     try:
         fit = cached_prompt_fit(json.dumps(to_dict(config), sort_keys=True),
-                                json.dumps(to_dict(run.load_config().model)), cap.max_pairs, cap.max_prompt_length)
+                                json.dumps(to_dict(snapshot.config.model)), cap.max_pairs, cap.max_prompt_length)
     except UserError as error:
         show_user_error(error)
     else:
-        st.dataframe(fit.drop(columns="too many dropped"), hide_index=True, column_config={
+        st.dataframe(fit, hide_index=True, column_config={
             "kept share": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
-        losing = fit[fit["too many dropped"]]
-        if not losing.empty:
-            st.warning("The prompt length cap drops more than a fifth of the pairs of "
-                       + ", ".join(f"{r.source} ({r.dropped} of {r.whole + r.truncated + r.dropped})"
-                                   for r in losing.itertuples())
-                       + f" (over {DROPPED_WARNING:.0%}): those sources are valued on their shorter prompts only. "
-                         "Raise max prompt length on the Training page.")
+        warning = dropped_warning({r.source: (r.whole + r.truncated, r.dropped) for r in fit.itertuples()})
+        if warning:
+            st.warning(warning)
 
 # --- Lengths -----------------------------------------------------------------------------------
 st.subheader("Lengths")
 lengths = pair_lengths(data)
-lengths = lengths[lengths.source.isin(sources)].melt(id_vars="source", var_name="text", value_name="words")
-lengths["text"] = lengths["text"].str.removesuffix("_words")
-figure = px.histogram(lengths, x="words", color="source", facet_col="text", barmode="overlay", nbins=60,
-                      histnorm="percent", range_x=[0, lengths.words.quantile(0.98)], opacity=0.6)
-figure.update_layout(height=340)
-chart(figure)
+chart(lengths_figure(lengths[lengths.source.isin(sources)]))
 
 # --- Sample pairs ------------------------------------------------------------------------------
 st.subheader("Sample pairs")

@@ -1,4 +1,5 @@
-"""What every page shares: the run picker in the sidebar, cached loaders, and error display.
+"""What every page shares: the run picker in the sidebar (and the run read once for the draw),
+cached loaders, charts, caveats and error display.
 
 Pages import this module; it holds no valuation logic (that lives in `valuation/`).
 """
@@ -14,38 +15,38 @@ from typing import TYPE_CHECKING, Callable
 
 import streamlit as st
 
-from valuation.config import BackendConfig, DataConfig, field_help, to_dict
-from valuation.demo import install_demo
-from valuation.data import PreferenceData, load_preferences
 from valuation import progress
+from valuation.config import BackendConfig, DataConfig, field_help, to_dict
+from valuation.data.preferences import PreferenceData, load_preferences
 from valuation.errors import UserError
-from valuation.figures import colors  # one colour per name, the same in the pages and the report
-from valuation.background import JobStatus, cancel_job, job_status
+from valuation.jobs.background import JobStatus, cancel_job, job_status
+from valuation.jobs.demo import install_demo
 from valuation.runs import Run, RunError, create_run, list_runs, runs_root
+from valuation.views.caveats import AT_CHANCE, Caveat
+from valuation.views.snapshot import RunSnapshot
 
 if TYPE_CHECKING:
-    from valuation.models import LoadedModel
+    from valuation.lm.models import LoadedModel
 
 RUN_KEY = "run_name"
 APP_FILE = Path(__file__).resolve().parent.parent / "app.py"
 
 
-def current_run() -> Run | None:
-    name = st.session_state.get(RUN_KEY)
-    return Run.named(name) if name else None
+def current_run() -> RunSnapshot | None:
+    """The run this draw works on, as the sidebar read it (each of its files once per draw), or None."""
+    return getattr(_navigation, "snapshot", None)
 
 
-def require_run() -> Run:
+def require_run() -> RunSnapshot:
     """The run this page works on; without one, say how to get one and stop the page."""
-    run = current_run()
-    if run is None or not run.exists():
+    snapshot = current_run()
+    if snapshot is None or not snapshot.run.exists():
         st.info("Pick or create a run in the sidebar first: every page works on one run.")
         st.stop()
-    problem = run.problem()
-    if problem:
-        st.error(problem)
+    if snapshot.problem:
+        st.error(snapshot.problem)
         st.stop()
-    return run
+    return snapshot
 
 
 def run_page(page) -> None:
@@ -69,7 +70,7 @@ def through_app() -> None:
         st.stop()
 
 
-_navigation = threading.local()  # a script run is one thread: is it inside `run_page`?
+_navigation = threading.local()  # a script run is one thread: is it inside `run_page`? which run does it read?
 
 
 if __name__ == "__main__":  # this helper module itself opened as a page (/ui) on the legacy path
@@ -84,7 +85,9 @@ def _install_demo_once(root: Path) -> None:
 
 
 def run_sidebar() -> None:
-    """Pick an existing run, or create one; the choice is kept in the session across pages."""
+    """Pick an existing run, or create one; the choice is kept in the session across pages, and the
+    run is read once for this draw (`current_run`)."""
+    _navigation.snapshot = None
     with st.sidebar:
         st.subheader("Run")
         _install_demo_once(runs_root())  # a fresh install opens on the shipped demo run
@@ -95,9 +98,9 @@ def run_sidebar() -> None:
             index = names.index(chosen) if chosen in names else 0
             name = st.selectbox("Current run", names, index=index, help="Every page reads and writes this run's directory.")
             st.session_state[RUN_KEY] = name
-            problem = Run.named(name).problem()
-            if problem:
-                st.warning(problem)
+            _navigation.snapshot = RunSnapshot(Run.named(name))
+            if _navigation.snapshot.problem:
+                st.warning(_navigation.snapshot.problem)
         else:
             st.caption("No run yet: create one below.")
         st.radio("Chart downloads", ["png", "svg"], key=CHART_FORMAT_KEY, horizontal=True,
@@ -126,8 +129,8 @@ def cached_preferences(config: DataConfig) -> PreferenceData:
 
 @st.cache_resource(show_spinner="Loading the base model and the run's adapters…", max_entries=2)
 def _coalition_model(run_path: str, config_time: float, adapters: tuple[tuple[str, float], ...]) -> LoadedModel:
-    from valuation.adapters import load_adapters
-    from valuation.models import load_model
+    from valuation.lm.adapters import load_adapters
+    from valuation.lm.models import load_model
 
     run = Run.at(run_path)
     loaded = load_model(run.load_config().model)
@@ -139,9 +142,23 @@ def _coalition_model(run_path: str, config_time: float, adapters: tuple[tuple[st
 def cached_coalition_model(run: Run) -> LoadedModel:
     """The run's base model with every trained adapter, shared by every session (the engine locks it per
     forward pass); loaded again when the run's config changes or an adapter is (re)trained."""
-    from valuation.playground import adapter_stamps
+    from valuation.views.playground import adapter_stamps
 
     return _coalition_model(str(run.path), run.config_path.stat().st_mtime, adapter_stamps(run))
+
+
+def show_caveats(caveats: list[Caveat], kinds: tuple[str, ...] | None = None) -> None:
+    """The run's caveats (`views.caveats`) of these kinds: what the intervals cover as captions, an
+    objective at chance as a note in place of its chart, every other as a warning."""
+    for caveat in caveats:
+        if kinds is not None and caveat.kind not in kinds:
+            continue
+        if caveat.is_note:
+            st.caption(caveat.text)
+        elif caveat.kind == AT_CHANCE:
+            st.info(caveat.text, icon=":material/block:")
+        else:
+            st.warning(caveat.text)
 
 
 CHART_FORMAT_KEY = "chart_format"
@@ -157,15 +174,15 @@ def chart(figure, container=st) -> None:
 
 @st.cache_data(ttl=15, show_spinner=False)
 def _reachable_cluster() -> str | None:
-    from valuation.cluster import reachable_cluster
+    from valuation.runtime.cluster import reachable_cluster
 
     return reachable_cluster()
 
 
-def backend_choice(run: Run, disabled: bool = False) -> BackendConfig:
+def backend_choice(snapshot: RunSnapshot, disabled: bool = False) -> BackendConfig:
     """Where a job's parallel parts run: this machine, or a Ray cluster when one is reachable, with
     the resources each task holds."""
-    recorded = run.load_config().backend
+    recorded = snapshot.config.backend
     address = _reachable_cluster() or (recorded.address if recorded.backend == "ray" and recorded.address else None)
     if address is None:
         st.caption("Runs on this machine. A Ray cluster (`ray start --head`; README, \"Running on a cluster\") is "
@@ -194,17 +211,19 @@ STATE_BADGES = {"queued": ("blue", "hourglass_empty"), "running": ("orange", "pr
                 "done": ("green", "check_circle"), "failed": ("red", "error"), "cancelled": ("gray", "cancel")}
 
 
-def job_panel(run: Run, kind: str, details: Callable[[JobStatus | None], None] | None = None, every: float = 2.0,
-              no_job: str | None = None) -> None:
+def job_panel(run: Run, kind: str, first: JobStatus | None, details: Callable[[JobStatus | None], None] | None = None,
+              every: float = 2.0, no_job: str | None = None) -> None:
     """The run's background job of this kind: its state, a Cancel button, its error and log tail,
-    polled every `every` seconds while it is active. `details` draws kind-specific progress (it is
-    called with None when the run has no job of this kind); without it, the latest stage's bar.
-    `no_job` says what to say when the run has had no such job here."""
-    active_at_load = (first := job_status(run)) is not None and first.active
+    polled every `every` seconds while it is active. `first`: the job's status as this draw read it.
+    `details` draws kind-specific progress (it is called with None when the run has no job of this
+    kind); without it, the latest stage's bar. `no_job` says what to say when the run has had no
+    such job here."""
+    active_at_load = first is not None and first.active
+    unread = [first]  # this draw's status serves the panel's first run; each poll reads it afresh
 
     @st.fragment(run_every=every if active_at_load else None)
     def panel() -> None:
-        status = job_status(run)
+        status = unread.pop() if unread else job_status(run)
         if active_at_load and (status is None or not status.active):
             st.rerun()  # it just ended: refresh the whole page (forms, results)
         if status is not None and status.kind != kind:

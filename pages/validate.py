@@ -7,14 +7,16 @@ from pages.ui import through_app
 
 through_app()  # opened outside app.py's st.navigation: hand over to it
 
-import plotly.express as px
 import streamlit as st
 
-from pages.ui import job_panel, latest_step, require_run, show_user_error
+from pages.ui import chart, job_panel, latest_step, require_run, show_user_error
 from valuation.errors import UserError
-from valuation.jobs import command, job_config, launch
-from valuation.validation import (EXPERIMENTS, PRESETS, accuracy_shapley, comparisons, current_experiment,
-                                  method_shapley, results_dir, scaling_summary)
+from valuation.jobs.background import job_status
+from valuation.jobs.registry import command, job_config, launch
+from valuation.validation.job import current_experiment
+from valuation.validation.results import accuracy_shapley, comparisons, method_shapley, scaling_summary
+from valuation.validation.settings import EXPERIMENTS, PRESETS, results_dir
+from valuation.views.figures import intervals_figure, kl_figure, method_values_figure, scaling_figure
 
 st.title("Validate")
 st.caption("The method's claim: a coalition built by adding log-probabilities, log π_S = Σ log π_l + (1 − |S|) log π_0, "
@@ -24,10 +26,11 @@ st.caption("The method's claim: a coalition built by adding log-probabilities, l
            "(never trained on): **preference accuracy** (does the model prefer the chosen reply more than the base does? "
            "ties count ½) and the **implicit reward margin** (β × log-ratio gap).")
 
-run = require_run()
+snapshot = require_run()
+run = snapshot.run
 
 # --- Launch -------------------------------------------------------------------------------------
-available = run.load_config().data.sources or sorted((run.load_split() or {}).get("train_pairs", {}))
+available = snapshot.sources
 left, middle, right = st.columns([1, 2, 2])
 preset = left.segmented_control("Preset", sorted(PRESETS), default="quick",
                                 help="quick: 2 CPU cores, under an hour (2 sources, 16 pairs, epochs 1/2/4); "
@@ -47,7 +50,7 @@ if st.button("Run validation", type="primary", icon=":material/play_arrow:", dis
     except UserError as error:
         show_user_error(error)
 if config is not None:
-    st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'validate', config))}`; "
+    st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'validate', config, recorded=snapshot.config))}`; "
                "a relaunch skips every adapter and result already computed.")
 
 
@@ -60,7 +63,7 @@ def validation_progress(status) -> None:
     latest_step(status)
 
 
-job_panel(run, "validate", details=validation_progress)
+job_panel(run, "validate", job_status(run), details=validation_progress)
 
 # --- Results ------------------------------------------------------------------------------------
 folder = results_dir(run, PRESETS[preset].folder)
@@ -98,8 +101,7 @@ if not compared.empty:
     if not by_method.empty:
         st.markdown("**Shapley values by how coalitions are built**: the base and single sources are shared; "
                     "coalitions of two or more come from arithmetic, sequential DPO (mean of the orders) or pooled training.")
-        st.plotly_chart(px.bar(by_method, x="player", y="value", color="method", barmode="group", facet_col="objective")
-                        .update_yaxes(matches=None), width="stretch")
+        chart(method_values_figure(by_method))
 
     trend = compared[(compared.kind == "sequential") & compared.reference.str.startswith("arithmetic")]
     if trend.epochs.nunique() > 1:
@@ -107,8 +109,7 @@ if not compared.empty:
         st.caption("Arithmetic vs sequential DPO (mean of both orders) after each number of epochs: the theory is exact "
                    "at convergence, so the gap should shrink as the adapters train longer, if they converge.")
         curve = trend.groupby("epochs")[list(number)].mean().reset_index()
-        long = curve.melt("epochs", ["kl_reference_model", "kl_model_reference"], var_name="direction", value_name="KL per token")
-        st.plotly_chart(px.line(long, x="epochs", y="KL per token", color="direction", markers=True), width="stretch")
+        chart(kl_figure(curve))
         st.dataframe(curve, hide_index=True, width="stretch", column_config=number)
 
 if not accuracy.empty:
@@ -119,9 +120,7 @@ if not accuracy.empty:
                "offers it as an objective. The margin is nearly additive across sources, so its Shapley values should "
                "sit near each source's solo gain (column `solo`; the per-token renormalisation makes it inexact): a "
                "check of the pipeline, a poor objective.")
-    st.plotly_chart(px.bar(accuracy, x="player", y="value", error_y=accuracy.upper - accuracy.value,
-                           error_y_minus=accuracy.value - accuracy.lower, facet_col="objective")
-                    .update_yaxes(matches=None), width="stretch")
+    chart(intervals_figure(accuracy))
     st.dataframe(accuracy, hide_index=True, width="stretch")
 
 if not scaling.empty:
@@ -129,6 +128,5 @@ if not scaling.empty:
     st.caption("The run's sources cut in halves by a seeded hash, one small adapter each; exact Shapley over all 256 "
                "coalitions against permutation sampling, averaged over repeated seeds. The utility is preference "
                "accuracy: sampling generations for 256 coalitions would not fit this CPU.")
-    st.plotly_chart(px.line(scaling, x="permutations", y="rmse", color="sampling", markers=True, log_x=True, log_y=True,
-                            labels={"rmse": "RMSE against exact"}), width="stretch")
+    chart(scaling_figure(scaling))
     st.dataframe(scaling, hide_index=True, width="stretch")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, table_rows, write_jsonl
-from valuation.demo import DEMO_SOURCE
+from helpers import APP, table_rows, write_jsonl
+from valuation.jobs.demo import DEMO_SOURCE
 from valuation.runs import Run, create_run, list_runs
 
 
@@ -18,7 +18,7 @@ def _app(run_name: str | None = None) -> AppTest:
 
 
 def test_app_without_runs_says_what_to_do(runs_dir, monkeypatch, tmp_path):
-    monkeypatch.setattr("valuation.demo.DEMO_SOURCE", tmp_path / "no-demo-shipped")
+    monkeypatch.setattr("valuation.jobs.demo.DEMO_SOURCE", tmp_path / "no-demo-shipped")
     app = _app()
     assert not app.exception
     assert any("Pick or create a run" in i.value for i in app.info)

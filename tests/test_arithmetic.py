@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from valuation.arithmetic import (
+from valuation.lm.arithmetic import (
     GenerationRequest,
     SamplingError,
     SamplingSettings,
@@ -20,11 +20,12 @@ from valuation.arithmetic import (
     sample_coalitions,
     stream_coalitions,
 )
-from valuation.coalitions import all_coalitions
+from valuation.games.coalitions import all_coalitions
 from valuation.config import ModelConfig
-from valuation.merging import merged_coalition_adapter
-from valuation.models import load_model
-from valuation.tokens import prompt_ids
+from valuation.lm.adapters import AdapterError
+from valuation.lm.merging import merged_coalition_adapter
+from valuation.lm.models import load_model
+from valuation.lm.tokens import prompt_ids
 
 SOURCES = [f"s{i}" for i in range(10)]
 PROMPTS = [
@@ -123,7 +124,7 @@ def test_bad_settings_are_user_errors(change, word):
 
 def test_unknown_or_repeated_sources_are_user_errors(tiny):
     model, tokenizer = tiny
-    with pytest.raises(SamplingError, match="no adapter named nope"):  # on the call, before the stream is iterated
+    with pytest.raises(AdapterError, match="no adapter named nope"):  # on the call, before the stream is iterated
         stream_coalitions(model, tokenizer, [GenerationRequest(frozenset({"nope", "s0"}), PROMPTS[0])], GREEDY)
     with pytest.raises(SamplingError, match="names a source twice"):  # a list of names, as a merge takes
         check_coalitions(model, [["s0", "s0"]])

@@ -12,14 +12,14 @@ import pytest
 from valuation import cli
 from valuation.config import PROJECT_ROOT
 from valuation.errors import UserError
-from valuation.background import (JobBusyError, cancel_job, job_dir, job_session, job_status, launch_job, log_tail, read_job,
+from valuation.jobs.background import (JobBusyError, cancel_job, job_dir, job_session, job_status, launch_job, log_tail, read_job,
                             wait_for_job)
 from valuation.runs import Run, create_run
 
 # A stand-in for a command typed in a terminal: it takes the run's lock, reports, then waits.
 HOLDER = """
 import sys, time
-from valuation.background import job_session
+from valuation.jobs.background import job_session
 from valuation.runs import Run
 with job_session(Run.at(sys.argv[1]), "hold") as reporter:
     reporter.log("holding the lock")

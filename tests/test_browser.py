@@ -1,5 +1,5 @@
-"""End-to-end tests in a real browser (a user's flow: sources, training, playground, Shapley): Debian's chromium driven by Playwright, against the app
-served on localhost with the tiny random model. Also: every page's URL as the first request of a fresh
+"""End-to-end tests in a real browser (a user's flow: sources, training, playground, Shapley): Debian's
+chromium driven by Playwright (`browser.py`), against the app served on localhost with the tiny random model. Also: every page's URL as the first request of a fresh
 server, and the server's CPU while a job imports the model stack.
 
 On a user's machine without chromium these tests skip with a message; under CI=true they fail.
@@ -9,68 +9,18 @@ Screenshots land in test-artifacts/ (ignored by git).
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
+from browser import (ARTIFACTS, CHROMIUM_FLAGS, NAV_LINKS, PAGES, ROOT, browser_or_skip, expect_the_real_app,
+                     open_expander, serve, set_number, wait_for_app)
 
-
-def _browser_or_skip() -> str:
-    if Path(CHROMIUM).exists() or shutil.which(CHROMIUM):
-        return CHROMIUM
-    message = f"no chromium at {CHROMIUM}: install it (apt-get install -y chromium) or set CHROMIUM"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def serve(runs: Path, log_dir: Path, model: str = "tiny"):
-    """The app, started as `make run` starts it (streamlit run from the project folder, which reads
-    .streamlit/config.toml), on `model` and the runs folder `runs`. Yields the app's URL and the server."""
-    _browser_or_skip()
-    port = _free_port()
-    env = {**os.environ, "VALUATION_MODEL": model, "VALUATION_RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1"}
-    log = open(log_dir / "streamlit.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1",
-         "--server.port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail(f"the app did not start within 60 s; see {log.name}")
-    try:
-        yield url, server
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+pytestmark = pytest.mark.slow  # a served app in a real browser: minutes, not seconds
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +41,7 @@ def browser():
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=_browser_or_skip(), headless=True,
+            executable_path=browser_or_skip(), headless=True,
             args=CHROMIUM_FLAGS)  # Playwright gives every launch a fresh, empty user-data dir
         yield browser
         browser.close()
@@ -108,13 +58,6 @@ def page(browser, app_url, request):
     context.close()
 
 
-def wait_for_app(page) -> None:
-    """A Streamlit page has rendered once stApp is present and no script is running."""
-    page.wait_for_selector("[data-testid='stApp']")
-    page.wait_for_function("!document.querySelector(\"[data-testid='stStatusWidget']\")", timeout=120_000)
-    page.wait_for_timeout(500)
-
-
 def create_run(page, app_url: str, name: str) -> None:
     page.goto(app_url)
     wait_for_app(page)
@@ -126,18 +69,6 @@ def create_run(page, app_url: str, name: str) -> None:
 
 def open_page(page, title: str) -> None:
     page.get_by_role("link", name=title).first.click()
-    wait_for_app(page)
-
-
-def open_expander(page, label: str) -> None:
-    page.locator("[data-testid='stExpander'] summary", has_text=label).first.click()
-    page.wait_for_timeout(300)
-
-
-def set_number(page, label: str, value: int) -> None:
-    field = page.get_by_label(label, exact=True)
-    field.fill(str(value))
-    field.press("Enter")
     wait_for_app(page)
 
 
@@ -218,9 +149,6 @@ def test_train_generate_evaluate_and_read_values(page, app_url):
     snapshot(page, "flow-4-shapley")
 
 
-PAGES = ["Sources", "Training", "Playground", "Evaluate", "Shapley", "Validate", "Learn"]
-
-
 @pytest.mark.skipif(not (ROOT / "assets" / "demo-run" / "config.yaml").exists(), reason="no demo run shipped yet")
 def test_a_fresh_install_opens_on_the_demo_with_every_page_filled(browser, tmp_path):
     """`make run` on a fresh clone: the shipped demo is installed and every page shows its results.
@@ -254,8 +182,8 @@ def test_a_fresh_install_opens_on_the_demo_with_every_page_filled(browser, tmp_p
 def test_the_report_opens_offline_with_every_chart_drawn(browser, tmp_path):
     """`python -m valuation report` on the demo run, opened from disk with every network request blocked:
     no page or console error, every chart drawn by the embedded plotly.js. Its picture: test-artifacts/report.png."""
-    from valuation.demo import install_demo
-    from valuation.report import write_report
+    from valuation.jobs.demo import install_demo
+    from valuation.report.document import write_report
 
     path = write_report(install_demo(tmp_path / "runs"))
     expected = path.read_text(encoding="utf-8").count('class="plotly-graph-div"')
@@ -283,25 +211,6 @@ def test_the_report_opens_offline_with_every_chart_drawn(browser, tmp_path):
     assert requested == [] and errors == []
     snapshot(page, "report")
     context.close()
-
-
-NAV_LINKS = "[data-testid='stSidebarNav'] a"
-
-
-def nav_titles(page) -> list[str]:
-    """The sidebar's page links, by title (each link's text is its icon's name, then its title)."""
-    return [text.split("\n")[-1] for text in page.locator(NAV_LINKS).all_inner_texts()]
-
-
-def expect_the_real_app(page, title: str) -> None:
-    """app.py's navigation (never the legacy listing of pages/, helpers included), its run picker, and the page."""
-    expect(page.get_by_role("heading", name=title).first).to_be_visible(timeout=120_000)
-    expect(page.locator(NAV_LINKS)).to_have_count(len(PAGES), timeout=120_000)
-    wait_for_app(page)
-    assert nav_titles(page) == PAGES
-    expect(page.get_by_text("Current run")).to_be_visible()
-    assert not page.get_by_text("Pick or create a run").count()
-    assert not page.locator("[data-testid='stException']").count()
 
 
 @pytest.mark.parametrize("title", PAGES)

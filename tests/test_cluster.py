@@ -16,17 +16,16 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_REWARDS as REWARDS, random_adapter_run
+from helpers import TINY_REWARDS as REWARDS, evaluation_folder, random_adapter_run
 from valuation import cli
-from valuation.background import cancel_job, job_status, wait_for_job
-from valuation.cluster import ClusterError, check_resources, reachable_cluster, worker_slots
+from valuation.jobs.background import cancel_job, job_status, wait_for_job
+from valuation.runtime.cluster import ClusterError, check_resources, reachable_cluster, worker_slots
 from valuation.config import BackendConfig, ConfigError, DataConfig, ModelConfig, RunConfig
-from valuation.flags import overrides_from
-from valuation.game import EvaluationConfig
-from valuation.jobs import command, job_config, launch, run_job
+from valuation.jobs.flags import overrides_from
+from valuation.evaluation.settings import EvaluationConfig
+from valuation.jobs.registry import command, job_config, launch, run_job
 from valuation.runs import Run, create_run
-from valuation.samples import evaluation_dir
-from valuation.sources import record_sources
+from valuation.data.sources import record_sources
 
 SOURCES = ["harmless-base", "helpful-base"]
 TRAIN = {"max_pairs": 8, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48}  # four steps a source
@@ -61,7 +60,7 @@ def test_a_request_no_node_can_hold_is_refused_not_left_waiting() -> None:
 
 
 def test_no_cluster_is_offered_when_none_runs(monkeypatch, tmp_path: Path) -> None:
-    import valuation.cluster as cluster
+    import valuation.runtime.cluster as cluster
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(cluster, "CURRENT_CLUSTER", tmp_path / "ray_current_cluster")
@@ -74,7 +73,7 @@ def test_no_cluster_is_offered_when_none_runs(monkeypatch, tmp_path: Path) -> No
 
 
 def test_a_job_without_parallel_parts_says_it_runs_where_it_starts(tmp_path: Path) -> None:
-    from valuation.background import job_dir
+    from valuation.jobs.background import job_dir
 
     run = random_adapter_run(tmp_path, "rewards", SOURCES, rewards=REWARDS)
     run_job(run, "rewards", job_config("rewards"), BackendConfig(backend="ray"))  # no Ray is started for it
@@ -127,6 +126,7 @@ def training_run(root: Path, name: str) -> Run:
     return run
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_training_survives_a_lost_node_and_equals_the_local_backend(cluster, one_thread, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -151,13 +151,14 @@ def test_training_survives_a_lost_node_and_equals_the_local_backend(cluster, one
     assert set(SOURCES) <= progress  # every task's progress reached the job's own progress file
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_an_evaluation_survives_a_lost_worker_and_equals_the_local_backend(cluster, one_thread, tmp_path: Path) -> None:
     config = EvaluationConfig(prompts=6, pool_per_anchor=2, max_new_tokens=6, chunk_prompts=1, ess_floor=0)
     here = random_adapter_run(tmp_path, "local", SOURCES, rewards=REWARDS, eval_prompts=6)
     run_job(here, "evaluate", config)
     # The same run (adapters, reward models) evaluated again on the cluster, from nothing.
     on_cluster = Run.at(shutil.copytree(here.path, tmp_path / "ray"))
-    shutil.rmtree(evaluation_dir(on_cluster))
+    shutil.rmtree(evaluation_folder(on_cluster))
     launch(on_cluster, "evaluate", config, on_ray(cluster, workers=2))
     wait_until(lambda events: len(started(events, "step", "stage")) >= 2, on_cluster)  # both workers busy
     cluster.remove_node(cluster.workers[0])
@@ -165,11 +166,11 @@ def test_an_evaluation_survives_a_lost_worker_and_equals_the_local_backend(clust
     assert status.state == "done", status.log_tail
     assert "a Ray worker was lost" in status.log_tail
     for name in ("utilities.csv", "utilities-sequence.csv", "estimation.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(evaluation_dir(on_cluster) / name),
-                                      pd.read_csv(evaluation_dir(here) / name))
+        pd.testing.assert_frame_equal(pd.read_csv(evaluation_folder(on_cluster) / name),
+                                      pd.read_csv(evaluation_folder(here) / name))
 
     # A relaunch finds every shard stored: it samples nothing.
-    samples = {p: p.stat().st_mtime_ns for p in (evaluation_dir(on_cluster) / "samples").rglob("chunk-*")}
+    samples = {p: p.stat().st_mtime_ns for p in (evaluation_folder(on_cluster) / "samples").rglob("chunk-*")}
     run_job(on_cluster, "evaluate", config, on_ray(cluster))
     assert {p: p.stat().st_mtime_ns for p in samples} == samples
 
@@ -180,6 +181,7 @@ def ray_tasks_running(name: str) -> list[str]:
     return [line for line in listing.splitlines() if line.startswith(f"ray::{name}")]
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_cancelling_a_job_stops_every_ray_task(cluster, tmp_path: Path) -> None:
     run = training_run(tmp_path, "cancel")
     launch(run, "train", job_config("train", **{**TRAIN, "max_pairs": 40}), on_ray(cluster))

@@ -9,19 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import GLOVE_SHAPLEY, additive_prompt_frame, glove_frame
-from valuation.convergence import (
+from helpers import GLOVE_SHAPLEY, additive_prompt_frame, frame_convergence, glove_frame, store, write_utilities
+from valuation.games.utility_table import UtilityError, UtilityTable
+from valuation.games.values import ValuationConfig, value_sources
+from valuation.views.convergence import (
     COLUMNS,
     answered_table,
     convergence_frame,
     first_prompts,
-    frame_convergence,
     prefix_sizes,
-    read_frame,
-    run_plan,
 )
-from valuation.utility_table import UtilityTable
-from valuation.values import UtilityError, ValuationConfig, value_sources
 
 
 def widths(frame: pd.DataFrame) -> pd.DataFrame:
@@ -112,16 +109,14 @@ def test_prefix_sizes_follow_the_chunks_and_stay_few() -> None:
     assert prefix_sizes(100) == list(range(9, 100, 9)) + [100]
 
 
-def test_read_frame_keeps_the_base_and_the_file_order(tmp_path) -> None:
-    path = tmp_path / "utilities.csv"
-    frame = additive_prompt_frame(n_prompts=3).iloc[::-1]
-    frame.to_csv(path, index=False)
-    read = read_frame(path)
+def test_the_table_as_written_keeps_the_base_and_the_file_order(tmp_path) -> None:
+    run = write_utilities(tmp_path / "r", additive_prompt_frame(n_prompts=3).iloc[::-1])
+    read = store(run).frame_of()
     assert "" in set(read.coalition) and list(pd.unique(read.prompt)) == ["p2", "p1", "p0"]
-    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage")
+    store(run).table_path("utilities").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(UtilityError):
-        read_frame(tmp_path / "bad.csv")
-    assert run_plan(tmp_path) == (None, None)
-    (tmp_path / "evaluation").mkdir()
-    (tmp_path / "evaluation" / "settings.json").write_text(json.dumps({"prompts": 8, "chunk_prompts": 2}))
-    assert run_plan(tmp_path) == (8, 2)
+        store(run).frame_of()
+    assert store(run).settings is None
+    (store(run).folder / "settings.json").write_text(json.dumps({"prompts": 8, "chunk_prompts": 2}))
+    settings = store(run).settings
+    assert (settings.prompts, settings.chunk_prompts) == (8, 2)

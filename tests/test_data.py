@@ -8,9 +8,9 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import table_rows, write_jsonl
+from helpers import table_rows, write_jsonl
 from valuation.config import DataConfig
-from valuation.data import (HH_SUBSETS, MAX_TEXT_CHARS, DataError, _RowSkipped, load_preferences,
+from valuation.data.preferences import (HH_SUBSETS, MAX_TEXT_CHARS, DataError, _RowSkipped, load_preferences,
                             parse_transcript)
 
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import random_adapter_run
-from valuation.adapters import load_adapters, trained_sources
-from valuation.demo import DEMO_SOURCE, export_demo, install_demo
-from valuation.models import load_model
-from valuation.values import load_run_utilities, value_sources
+from helpers import random_adapter_run, run_table
+from valuation.lm.adapters import load_adapters, trained_sources
+from valuation.jobs.demo import DEMO_SOURCE, export_demo, install_demo
+from valuation.lm.models import load_model
+from valuation.games.values import value_sources
+from valuation.views.snapshot import RunSnapshot
 
 
 def machine_paths(folder) -> list[str]:
@@ -32,10 +33,10 @@ def test_export_keeps_results_in_float16_and_installs_once(tmp_path, monkeypatch
     weights = load_file(target / "adapters" / "helpful-base" / "adapter_model.safetensors")
     assert {str(t.dtype) for t in weights.values()} == {"torch.float16"}
 
-    monkeypatch.setattr("valuation.demo.DEMO_SOURCE", target)
+    monkeypatch.setattr("valuation.jobs.demo.DEMO_SOURCE", target)
     empty = tmp_path / "empty"
     installed = install_demo(empty)
-    assert installed is not None and installed.problem() is None
+    assert installed is not None and RunSnapshot(installed).problem is None
     assert trained_sources(installed) == ["harmless-base", "helpful-base"]
     load_adapters(load_model(installed.load_config().model), installed)  # float16 adapters load on the base
     assert install_demo(empty) is None  # never over a runs folder that has runs
@@ -45,10 +46,10 @@ def test_export_keeps_results_in_float16_and_installs_once(tmp_path, monkeypatch
 def test_shipped_demo_loads_and_its_values_recompute(tmp_path):
     assert machine_paths(DEMO_SOURCE) == []
     run = install_demo(tmp_path)
-    assert run is not None and run.problem() is None
+    assert run is not None and RunSnapshot(run).problem is None
     sources = trained_sources(run)
     assert len(sources) >= 2
-    valuation = value_sources(load_run_utilities(run))
+    valuation = value_sources(run_table(run))
     assert sorted(valuation.players) == sources
     efficiency = valuation.efficiency_frame()
     assert np.allclose(efficiency.sum_of_values, efficiency.v_full - efficiency.v_empty)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, TINY_EVALUATION, TINY_REWARDS, random_adapter_run
-from valuation.jobs import run_job
-from valuation.background import cancel_job, wait_for_job
+from helpers import APP, TINY_EVALUATION, TINY_REWARDS, random_adapter_run
+from valuation.jobs.registry import run_job
+from valuation.jobs.background import cancel_job, wait_for_job
 from valuation.runs import create_run
 
 
@@ -24,6 +25,7 @@ def test_without_adapters_the_page_says_to_train_first(runs_dir):
     assert any("Train an adapter" in i.value for i in app.info)
 
 
+@pytest.mark.slow  # an evaluate job in a process of its own
 def test_estimate_launch_and_audit(runs_dir):
     run = random_adapter_run(runs_dir, "ready", ["harmless-base", "helpful-base"], rewards=TINY_REWARDS, eval_prompts=4)
     app = _page("ready")

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY_EVALUATION as TINY, TINY_REWARDS as REWARDS, random_adapter_run
+from helpers import TINY_EVALUATION as TINY, TINY_REWARDS as REWARDS, evaluation_folder, random_adapter_run, run_table, store
 from valuation.config import ConfigError, RewardConfig, RewardObjective
-from valuation.game import EvaluationConfig, EvaluationError, coalitions_to_evaluate
-from valuation.samples import evaluation_dir, load_samples
-from valuation.jobs import launch, run_job
-from valuation.values import load_run_utilities, target_tables, value_sources
+from valuation.evaluation.job import TYPICAL_PROMPT_TOKENS, coalitions_to_evaluate, evaluation_cost
+from valuation.evaluation.settings import EvaluationConfig, EvaluationError
+from valuation.games.values import value_sources
+from valuation.jobs.registry import launch, run_job
 
 SOURCES = ["harmless-base", "helpful-base"]
 
@@ -22,10 +22,10 @@ def test_evaluation_writes_utilities_resumes_and_rescores_without_sampling(tmp_p
     table = pd.read_csv(path, keep_default_na=False)
     assert set(table.coalition) == {"", "harmless-base", "helpful-base", "harmless-base+helpful-base"}
     assert len(table) == 4 * 2 and {"helpfulness", "harmlessness"} <= set(table.columns)
-    valuation = value_sources(load_run_utilities(run))
+    valuation = value_sources(run_table(run))
     assert valuation.players == tuple(sorted(SOURCES))
 
-    samples = sorted((evaluation_dir(run) / "samples").rglob("chunk-*.jsonl"))
+    samples = sorted((evaluation_folder(run) / "samples").rglob("chunk-*.jsonl"))
     stamps = [p.stat().st_mtime_ns for p in samples]
     run_job(run, "evaluate", TINY)  # everything cached: nothing sampled again
     assert [p.stat().st_mtime_ns for p in samples] == stamps
@@ -42,14 +42,14 @@ def test_evaluation_writes_utilities_resumes_and_rescores_without_sampling(tmp_p
     run_job(run, "evaluate", TINY)  # a new reward model re-scores the stored samples
     assert [p.stat().st_mtime_ns for p in samples][0] == stamps[0]
     assert "overall" in pd.read_csv(path).columns
-    audit = load_samples(run)
+    audit = store(run).samples()
     assert len(audit) == 4 * 2 * 2 and {"text", "helpfulness", "overall"} <= set(audit.columns)
 
 
 def test_common_random_numbers_same_prompts_and_seeds_for_every_coalition(tmp_path):
     run = random_adapter_run(tmp_path, "crn", SOURCES, rewards=REWARDS, eval_prompts=4)
     run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=1, samples=1, max_new_tokens=3, temperature=0))
-    audit = load_samples(run)
+    audit = store(run).samples()
     assert audit.prompt_id.nunique() == 1 and len(audit) == 4
 
 
@@ -67,7 +67,7 @@ def test_monte_carlo_evaluates_the_coalitions_the_estimator_will_ask_for():
 def test_evaluation_needs_trained_adapters(tmp_path):
     from valuation.config import DataConfig, ModelConfig, RunConfig
     from valuation.runs import create_run
-    from valuation.sources import record_sources
+    from valuation.data.sources import record_sources
 
     run = create_run("untrained", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)), root=tmp_path)
     record_sources(run, run.load_config().data)
@@ -75,6 +75,7 @@ def test_evaluation_needs_trained_adapters(tmp_path):
         run_job(run, "evaluate", TINY)
 
 
+@pytest.mark.slow  # evaluate jobs in processes of their own
 def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
     """SIGKILL after the first chunk (no chance to clean up): the job reads failed, no partial file
     is used, and a relaunch finishes with the utilities of a run that was never interrupted."""
@@ -82,7 +83,7 @@ def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_pa
     import signal
     import time
 
-    from valuation.background import job_status, wait_for_job
+    from valuation.jobs.background import job_status, wait_for_job
 
     settings = EvaluationConfig(estimator="direct", prompts=3, samples=1, max_new_tokens=4, chunk_prompts=1, temperature=0)
     uninterrupted = random_adapter_run(tmp_path, "whole", SOURCES, rewards=REWARDS, eval_prompts=4)
@@ -92,7 +93,7 @@ def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_pa
 
     job = launch(killed, "evaluate", settings)
     deadline = time.time() + 240
-    while time.time() < deadline and len(list((evaluation_dir(killed) / "samples").rglob("chunk-*.jsonl"))) < 2:
+    while time.time() < deadline and len(list((evaluation_folder(killed) / "samples").rglob("chunk-*.jsonl"))) < 2:
         time.sleep(0.2)
     os.killpg(job.pid, signal.SIGKILL)
     wait_for_job(killed, timeout_s=30)
@@ -101,7 +102,7 @@ def test_an_evaluation_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_pa
     for run in (killed, uninterrupted):
         launch(run, "evaluate", settings)
         assert wait_for_job(run, timeout_s=300).state == "done", job_status(run).log_tail
-    read = lambda run: pd.read_csv(evaluation_dir(run) / "utilities.csv", keep_default_na=False)  # noqa: E731
+    read = lambda run: pd.read_csv(evaluation_folder(run) / "utilities.csv", keep_default_na=False)  # noqa: E731
     pd.testing.assert_frame_equal(read(killed), read(uninterrupted))
 
 
@@ -112,19 +113,19 @@ def test_pooled_evaluation_values_every_coalition_from_one_pool_and_resumes(tmp_
     table = pd.read_csv(path, keep_default_na=False)
     assert set(table.coalition) == {"", "harmless-base", "helpful-base", "harmless-base+helpful-base"}
     assert len(table) == 4 * 2 and {"helpfulness", "harmlessness"} <= set(table.columns)
-    audit = load_samples(run)
+    audit = store(run).samples()
     assert len(audit) == 2 * 4 * 3  # prompts x anchors (base, each source, both) x pool per anchor: nothing else
-    estimation = pd.read_csv(evaluation_dir(run) / "estimation.csv", keep_default_na=False)
+    estimation = pd.read_csv(evaluation_folder(run) / "estimation.csv", keep_default_na=False)
     assert set(estimation.target) == {"token", "sequence"} and set(estimation.estimator) == {"pooled"}
     assert ((estimation.ess_min >= 1 - 1e-9) & (estimation.ess_mean <= 12 + 1e-9)).all()  # 1 <= ESS <= M
-    sequence = pd.read_csv(evaluation_dir(run) / "utilities-sequence.csv", keep_default_na=False)
-    assert len(sequence) == len(table) and value_sources(load_run_utilities(run)).players == tuple(sorted(SOURCES))
-    assert list(target_tables(run)) == ["token", "sequence", "preference"]  # reward-free utilities on every run
-    preference = load_run_utilities(run, "preference")
+    sequence = pd.read_csv(evaluation_folder(run) / "utilities-sequence.csv", keep_default_na=False)
+    assert len(sequence) == len(table) and value_sources(run_table(run)).players == tuple(sorted(SOURCES))
+    assert list(store(run).targets) == ["token", "sequence", "preference"]  # reward-free utilities on every run
+    preference = run_table(run, "preference")
     assert preference.objectives == ("preference_accuracy", "reward_margin") and len(preference.prompts) == 4
     assert preference.value(frozenset(), "preference_accuracy") == 0.5  # the base against itself: ties
 
-    stamps = {p: p.stat().st_mtime_ns for p in (evaluation_dir(run) / "weights").rglob("chunk-*.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in (evaluation_folder(run) / "weights").rglob("chunk-*.json")}
     run_job(run, "evaluate", config)  # resumes: nothing sampled or weighed again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     pd.testing.assert_frame_equal(pd.read_csv(path, keep_default_na=False), table)
@@ -135,13 +136,13 @@ def test_pooled_falls_back_to_direct_sampling_below_the_ess_floor(tmp_path):
     # A floor above the pool size: no coalition can reach it, so every one is sampled directly.
     config = EvaluationConfig(prompts=2, samples=2, pool_per_anchor=2, max_new_tokens=4, chunk_prompts=1, ess_floor=100)
     run_job(run, "evaluate", config)
-    estimation = pd.read_csv(evaluation_dir(run) / "estimation.csv", keep_default_na=False).set_index(["target", "coalition"])
+    estimation = pd.read_csv(evaluation_folder(run) / "estimation.csv", keep_default_na=False).set_index(["target", "coalition"])
     assert set(estimation.loc["token"].estimator) == {"direct"}
     assert set(estimation.loc["sequence"].estimator) == {"pooled"}  # a product of experts cannot be sampled directly
     direct = run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=2, samples=2, max_new_tokens=4,
                                                        chunk_prompts=1, top_p=1.0))
     pooled_then_direct = pd.read_csv(direct, keep_default_na=False)
-    assert not (evaluation_dir(run) / "estimation.csv").exists()  # a direct evaluation leaves no pooled record
+    assert not (evaluation_folder(run) / "estimation.csv").exists()  # a direct evaluation leaves no pooled record
     assert len(pooled_then_direct) == 8
 
 
@@ -152,8 +153,6 @@ def test_pooled_needs_the_untruncated_model():
 
 
 def test_the_cost_model_counts_what_each_estimator_pays():
-    from valuation.game import TYPICAL_PROMPT_TOKENS, evaluation_cost
-
     sources = ["a", "b", "c", "d"]
     coalitions = coalitions_to_evaluate(sources, EvaluationConfig())
     direct = evaluation_cost(sources, coalitions, EvaluationConfig(estimator="direct", prompts=3, samples=2,
@@ -167,17 +166,16 @@ def test_the_cost_model_counts_what_each_estimator_pays():
 
 
 def test_beyond_the_token_level_limit_only_the_sequence_level_is_weighed(tmp_path, monkeypatch):
-    import valuation.estimators as estimators
+    import valuation.evaluation.estimators as estimators
+    import valuation.rewards.heldout as heldout
 
-    import valuation.preference as preference
-
-    for module in (estimators, preference):
+    for module in (estimators, heldout):
         monkeypatch.setattr(module, "TOKEN_LEVEL_MAX_PLAYERS", 1)  # as if two sources were too many
     run = random_adapter_run(tmp_path, "sequence", SOURCES, rewards=REWARDS, eval_prompts=4)
     run_job(run, "evaluate", EvaluationConfig(prompts=1, pool_per_anchor=2, max_new_tokens=3, ess_floor=0))
-    assert list(target_tables(run)) == ["sequence", "preference"]
-    assert len(pd.read_csv(evaluation_dir(run) / "utilities.csv", keep_default_na=False)) == 4
+    assert list(store(run).targets) == ["sequence", "preference"]
+    assert len(pd.read_csv(evaluation_folder(run) / "utilities.csv", keep_default_na=False)) == 4
     # Under the product of experts the implicit reward margin adds up exactly across sources.
-    margins = load_run_utilities(run, "preference")
+    margins = run_table(run, "preference")
     both, alone = frozenset(SOURCES), [frozenset([s]) for s in SOURCES]
     np.testing.assert_allclose(margins.per_prompt[both][1], sum(margins.per_prompt[c][1] for c in alone), atol=1e-5)  # 6 digits in the CSV

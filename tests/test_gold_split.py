@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, table_rows, write_jsonl
+from helpers import APP, table_rows, write_jsonl
 from valuation.cli import main
 from valuation.config import DataConfig, RewardConfig, RewardObjective, RunConfig, from_dict
-from valuation.context import RunContext
-from valuation.data import load_preferences
+from valuation.runtime.context import RunContext
+from valuation.data.preferences import load_preferences
 from valuation.errors import UserError
 from valuation.runs import Run, create_run
-from valuation.sources import describe_provenance, record_sources
-from valuation.splits import load_gold, split_preferences
+from valuation.data.sources import describe_provenance, record_sources
+from valuation.data.splits import load_gold, split_preferences
 
 # What splits.py made of this table before gold files existed (seed 3, 4 evaluation prompts).
 BEFORE_GOLD = {
@@ -130,7 +130,7 @@ def test_sources_page_takes_a_heldout_file_and_shows_where_each_part_came_from(t
 
 
 def test_adapters_are_judged_on_gold_pairs_not_on_their_own_training_pairs(tmp_path):
-    from valuation.splits import judging_pairs
+    from valuation.data.splits import judging_pairs
 
     config = _config(tmp_path)
     data = load_preferences(config)

@@ -10,16 +10,17 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, additive_prompt_frame, labelled, write_utilities
-from valuation.coalitions import all_coalitions, coalition_name, decode_rows
-from valuation.lesson import example_game, exact_values, number, simulate
+from helpers import APP, additive_prompt_frame, labelled, run_table, write_utilities
+from valuation.games.coalitions import all_coalitions, coalition_name, decode_rows
+from valuation.games.axioms import number
+from valuation.views.lesson import example_game, exact_values, simulate
 from valuation.runs import create_run
-from valuation.values import load_run_utilities, value_sources
+from valuation.games.values import value_sources
 
 
 def open_learn(runs: Path, monkeypatch: pytest.MonkeyPatch, run_name: str | None = None) -> AppTest:
     monkeypatch.setenv("VALUATION_RUNS_DIR", str(runs))
-    monkeypatch.setattr("valuation.demo.DEMO_SOURCE", runs / "no-demo-shipped")  # no run at all
+    monkeypatch.setattr("valuation.jobs.demo.DEMO_SOURCE", runs / "no-demo-shipped")  # no run at all
     at = AppTest.from_file(APP, default_timeout=30)
     if run_name:
         at.session_state["run_name"] = run_name
@@ -108,7 +109,7 @@ def test_learn_page_plays_the_runs_game(tmp_path: Path, monkeypatch: pytest.Monk
     assert at.multiselect(key="learn_order").options == ["noise", "strong", "weak"]
     assert any(r"\phi_{\text{noise}}" in latex.value for latex in at.latex)
     # the values the Shapley page computes exactly, on the mean utility over prompts
-    expected = value_sources(load_run_utilities(run)).shapley
+    expected = value_sources(run_table(run)).shapley
     np.testing.assert_allclose(shown_values(at)[list(expected.players)], expected.values[:, 0], atol=1e-12)
 
 
@@ -131,4 +132,4 @@ def test_learn_page_on_six_sources_hides_labels(tmp_path: Path, monkeypatch: pyt
     assert any(r"\tfrac{1}{6}\bigl(" in latex.value for latex in at.latex)  # the formula grouped by size
     assert not any(e.label.startswith("All ") for e in at.expander)  # 720 orders are not listed
     assert metrics(at)["Forward passes per token"] == str(6 * 2 ** 5 + 2 ** 6 - 6)
-    np.testing.assert_allclose(shown_values(at)[list(players)], exact_values(load_run_utilities(run))[:, 0], atol=1e-12)
+    np.testing.assert_allclose(shown_values(at)[list(players)], exact_values(run_table(run))[:, 0], atol=1e-12)

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from valuation.axioms import check_axioms, dummies, symmetric_pairs
-from valuation.coalitions import all_coalitions, coalition_name, decode_rows
-from valuation.lesson import (
+from valuation.games.axioms import check_axioms, dummies, symmetric_pairs
+from valuation.games.coalitions import all_coalitions, coalition_name, decode_rows
+from valuation.views.lesson import (
     EXAMPLE_GAME,
     ArithmeticCosts,
     all_orders,
@@ -28,8 +28,8 @@ from valuation.lesson import (
     walkthrough,
 )
 from valuation.runs import create_run
-from valuation.utility_table import UtilityTable
-from valuation.values import utilities_path
+from valuation.games.utility_table import UtilityTable
+from helpers import utilities_csv
 
 GLOVES = ("L", "R1", "R2")  # one left glove, two right gloves: v(S) = pairs of gloves in S
 GLOVE_SHAPLEY = [2 / 3, 1 / 6, 1 / 6]
@@ -201,11 +201,11 @@ def test_lesson_game_falls_back_to_the_example(tmp_path: Path, glove_table: Util
     game = lesson_game(run)
     assert game.is_example and "no coalition utilities yet" in game.reason
 
-    utilities_path(run).parent.mkdir(parents=True)
+    utilities_csv(run).parent.mkdir(parents=True)
     frame = glove_table.to_frame().drop(columns="size")
-    frame[frame.coalition != "L+R1"].to_csv(utilities_path(run), index=False)
+    frame[frame.coalition != "L+R1"].to_csv(utilities_csv(run), index=False)
     assert "lacks 1 of its 8 coalition utilities" in lesson_game(run).reason
 
-    frame.to_csv(utilities_path(run), index=False)
+    frame.to_csv(utilities_csv(run), index=False)
     game = lesson_game(run)
     assert not game.is_example and game.name == "run 'demo'" and game.table.players == GLOVES

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from valuation.config import ConfigError, ModelConfig
-from valuation.models import ModelLoadError, load_model, pick_dtype
-from valuation.tokens import chat_prompt
+from valuation.lm.models import ModelLoadError, load_model, pick_dtype
+from valuation.lm.tokens import chat_prompt
 
 
 def test_tiny_model_is_identical_across_loads_and_uses_the_chat_template():
@@ -36,6 +36,7 @@ def test_bad_model_settings_are_refused(field, value):
         ModelConfig(**{field: value}).validate()
 
 
+@pytest.mark.slow  # the real embedded model
 def test_embedded_model_converts_from_the_gguf_and_generates(tmp_path, monkeypatch):
     monkeypatch.setenv("VALUATION_CACHE", str(tmp_path))  # a fresh cache: exercise the conversion
     loaded = load_model(ModelConfig(name="embedded"))

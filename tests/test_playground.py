@@ -13,13 +13,13 @@ import torch
 from peft import LoraConfig, get_peft_model
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, table_rows, write_jsonl
-from valuation.adapters import load_adapters, save_adapter
-from valuation.arithmetic import GenerationRequest, SamplingSettings, sample_coalitions
+from helpers import APP, table_rows, write_jsonl
+from valuation.lm.adapters import load_adapters, save_adapter
+from valuation.lm.arithmetic import GenerationRequest, SamplingSettings, sample_coalitions
 from valuation.config import DataConfig, ModelConfig, RewardConfig, RewardObjective, RunConfig
-from valuation.context import RunContext
-from valuation.models import load_model
-from valuation.playground import (
+from valuation.runtime.context import RunContext
+from valuation.lm.models import load_model
+from valuation.views.playground import (
     Column,
     adapter_stamps,
     coalition_preference,
@@ -32,12 +32,14 @@ from valuation.playground import (
     stream_columns,
     with_last_user_turn,
 )
-from valuation.preference import evaluate_preferences
+from valuation.evaluation.job import evaluate_preferences
+from valuation.evaluation.store import EvaluationStore
 from valuation.progress import Reporter
-from valuation.rewards import load_reward, reward_accuracies, reward_models
+from valuation.rewards.cards import accuracy_table, read_cards
+from valuation.rewards.store import load_reward, reward_models
 from valuation.runs import Run, create_run
-from valuation.sources import record_sources
-from valuation.splits import EvalPrompt
+from valuation.data.sources import record_sources
+from valuation.data.splits import EvalPrompt
 
 SOURCES = ["alpha", "beta"]
 MESSAGES = [{"role": "user", "content": "How do plants grow?"}]
@@ -266,7 +268,7 @@ def rewarded_run(root: Path) -> Run:
     context = RunContext.open(run)
     reporter = Reporter(root / "rewarded-events.jsonl")
     reward_models(context, reporter)
-    evaluate_preferences(context, load_adapters(context.base, run, SOURCES), 8, reporter)
+    evaluate_preferences(context, EvaluationStore(run), load_adapters(context.base, run, SOURCES), 8, reporter)
     return run
 
 
@@ -285,7 +287,7 @@ def test_page_shows_each_finished_columns_rewards_and_what_they_are_worth(runs_d
     # every reward shown is the reward model's own score of the text shown above it
     loaded = load_model(ModelConfig(name="tiny", device="cpu"))
     load_adapters(loaded, run)
-    models = {objective: load_reward(run, objective, loaded) for objective in reward_keys(run)}
+    models = {objective: load_reward(run, objective, loaded) for objective in reward_keys(read_cards(run))}
     assert list(models) == ["harmlessness", "helpfulness"]  # in the order the Shapley page lists them
     shown = [m.value for m in at.metric]
     assert [m.label for m in at.metric] == ["harmlessness reward", "helpfulness reward"] * 4
@@ -298,9 +300,9 @@ def test_page_shows_each_finished_columns_rewards_and_what_they_are_worth(runs_d
     # how far to trust them: each reward model's held-out accuracy, and each coalition's preference accuracy
     captions = [c.value for c in at.caption]
     footer = next(c for c in captions if c.startswith("Rewards are the run's reward models' scores"))
-    for objective, note in reward_notes(reward_accuracies(run)).items():
+    for objective, note in reward_notes(accuracy_table(read_cards(run))).items():
         assert f"{objective}, {note}" in footer
-        assert ("near chance" in note) == bool(reward_accuracies(run).set_index("objective").near_chance[objective])
+        assert ("near chance" in note) == bool(accuracy_table(read_cards(run)).set_index("objective").near_chance[objective])
     preferences = preference_table(run)
     frame = pd.read_csv(run.path / "evaluation" / "preference.csv", dtype={"coalition": str}, keep_default_na=False)
     for sources in (["alpha"], ["beta"], ["alpha", "beta"]):

@@ -18,10 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from valuation.arithmetic import SamplingSettings, coalition_requests, sample_coalitions
-from valuation.coalitions import all_coalitions, coalition_name
-from valuation.estimators import pool_utilities, pool_variants, weigh
-from valuation.pooled import anchor_coalitions, membership, sequence_utilities
+from valuation.lm.arithmetic import SamplingSettings, coalition_requests, sample_coalitions
+from valuation.games.coalitions import all_coalitions, coalition_name
+from valuation.evaluation.estimators import pool_utilities, pool_variants, weigh
+from valuation.evaluation.importance import anchor_coalitions, sequence_utilities
+from valuation.games.coalitions import membership
 
 WORDS = ["a", "b", "c", "d", "e", "f"]
 SOURCES = ["s1", "s2", "s3"]
@@ -156,7 +157,7 @@ def test_when_every_coalition_is_the_base_the_weights_are_equal(small):
 
 def test_sequence_utilities_are_blocked_without_changing_them():
     """2^10 coalitions weighed in blocks of a few give the values of one block."""
-    import valuation.pooled as pooled
+    import valuation.evaluation.importance as pooled
 
     rng = np.random.default_rng(0)
     models, rewards = rng.normal(-20, 3, (11, 40)), rng.normal(0, 1, (40, 2))

@@ -12,10 +12,10 @@ import pytest
 
 from valuation.cli import build_parser, main
 from valuation.config import settings_of
-from valuation.demo import DEMO_SOURCE, install_demo
-from valuation.flags import overrides_from
-from valuation.jobs import JOBS, job_config
-from valuation.report import SECTIONS, report_html
+from valuation.jobs.demo import DEMO_SOURCE, install_demo
+from valuation.jobs.flags import overrides_from
+from valuation.jobs.registry import JOBS, job_config
+from valuation.report.document import SECTIONS, report_html
 from valuation.runs import Run, create_run
 
 pytestmark = pytest.mark.skipif(not (DEMO_SOURCE / "config.yaml").exists(), reason="no demo run shipped yet")
@@ -115,6 +115,20 @@ def test_text_from_the_run_is_escaped(tmp_path):
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
 
 
+def test_a_hostile_source_name_is_escaped(tmp_path):
+    """The sources command refuses such a name (tests/test_runs.py); a table written by hand can still
+    hold one, and every place the report shows a source escapes it."""
+    from helpers import glove_frame, write_utilities
+
+    hostile = "<img src=x onerror=alert(1)>"
+    run = create_run("hostile", root=tmp_path)
+    frame = glove_frame()
+    write_utilities(run.path, frame.assign(coalition=frame.coalition.str.replace("L", hostile, regex=False)))
+    page = report_html(run)
+    outside_scripts = re.sub(r"<script.*?</script>", "", page, flags=re.DOTALL)
+    assert hostile not in outside_scripts and "&lt;img src=x onerror=alert(1)&gt;" in outside_scripts
+
+
 def commands_of(report: str) -> list[list[str]]:
     import html
 
@@ -123,7 +137,7 @@ def commands_of(report: str) -> list[list[str]]:
 
 
 def test_the_commands_parse_and_give_back_the_recorded_settings(demo, report):
-    from valuation.adapters import read_record
+    from valuation.lm.adapters import read_record
 
     commands = commands_of(report)
     assert commands[0][0] == "VALUATION_MODEL=embedded"

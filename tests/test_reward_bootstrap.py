@@ -1,5 +1,6 @@
 """The reward model's own noise in the Shapley intervals: bootstrap heads, stored per response,
-turned into per-head utilities and folded into the intervals by a nested bootstrap."""
+turned into per-head utilities by the evaluation itself and folded into the intervals by a nested
+bootstrap."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import additive_prompt_frame, random_adapter_run
+from helpers import additive_prompt_frame, evaluation_folder, random_adapter_run, run_table, utilities_csv
 from valuation.config import ConfigError, RewardConfig, RewardObjective
-from valuation.game import EvaluationConfig
-from valuation.context import RunContext
-from valuation.jobs import run_job
+from valuation.evaluation.settings import EvaluationConfig
+from valuation.games.intervals import bootstrap_intervals
+from valuation.games.utility_table import RewardHeads, UtilityTable, with_combined
+from valuation.games.values import value_sources
+from valuation.jobs.registry import run_job
 from valuation.progress import Reporter
-from valuation.reward_models import BootstrapHeads, BradleyTerryHead
-from valuation.rewards import BOOTSTRAP_FILE, read_reward_card, reward_models, rewards_dir
+from valuation.rewards.cards import BOOTSTRAP_FILE, read_reward_card, rewards_dir
+from valuation.rewards.models import BootstrapHeads, BradleyTerryHead
+from valuation.rewards.store import reward_models
 from valuation.runs import Run
-from valuation.samples import evaluation_dir
-from valuation.utility_table import RewardHeads, UtilityTable
-from valuation.values import load_run_utilities, utilities_path, value_sources, with_combined
+from valuation.runtime.context import RunContext
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo-run"
 
@@ -77,15 +79,13 @@ def test_heads_that_disagree_widen_the_intervals_and_leave_the_rest_alone():
     assert (width(nested)[:, 0] >= width(plain)[:, 0]).all() and (width(nested)[:, 0] > 1.5 * width(plain)[:, 0]).all()
     np.testing.assert_array_equal(nested.lower[:, 1], plain.lower[:, 1])  # no heads: the same prompt-only interval
     np.testing.assert_array_equal(nested.upper[:, 1], plain.upper[:, 1])
-    assert "20 reward heads (helpfulness)" in nested.method
+    assert nested.reward_heads == {"helpfulness": 20} and "20 reward heads (helpfulness)" in nested.describe()
     note = value_sources(table).interval_note()
     assert "helpfulness (20 heads)" in note and "over prompts only for harmlessness: a hub reward model cannot be refit" in note
     # Heads that agree add nothing.
     same = value_sources(heads_table(disagreement=0.0)).shapley
     np.testing.assert_allclose(width(same), width(plain), rtol=0.1)
     # The t-interval adds the between-head variance.
-    from valuation.monte_carlo import bootstrap_intervals
-
     t_plain = bootstrap_intervals(table.players, replace(table, heads=None), interval="t")
     t_nested = bootstrap_intervals(table.players, table, interval="t")
     assert (width(t_nested)[:, 0] > width(t_plain)[:, 0]).all()
@@ -120,14 +120,14 @@ def test_a_pure_noise_reward_model_gives_intervals_that_include_zero(tmp_path):
     run_job(run, "evaluate", EvaluationConfig(prompts=8, pool_per_anchor=3, max_new_tokens=6, chunk_prompts=4, ess_floor=0))
     card = read_reward_card(run, "noise")
     assert card["bootstrap"]["heads"] == 20 and (rewards_dir(run) / "noise" / BOOTSTRAP_FILE).exists()
-    scores = json.loads(next((evaluation_dir(run) / "scores" / "noise").rglob("chunk-0000.json")).read_text())
+    scores = json.loads(next((evaluation_folder(run) / "scores" / "noise").rglob("chunk-0000.json")).read_text())
     assert len(scores["bootstrap"]) == 20 and all(len(h) == len(scores["scores"]) for h in scores["bootstrap"])
 
     for target in ("token", "sequence"):
-        table = load_run_utilities(run, target)
+        table = run_table(run, target)
         assert table.heads.count("noise") == 20 and not table.heads.missing
         valuation = value_sources(table)
-        assert "20 reward heads (noise)" in valuation.shapley.method
+        assert "20 reward heads (noise)" in valuation.shapley.describe()
         assert valuation.spans_zero().all(), valuation.values_frame()  # no source is told apart from no effect
         prompt_only = value_sources(replace(table, heads=None)).shapley
         assert ((valuation.shapley.upper - valuation.shapley.lower) >= (prompt_only.upper - prompt_only.lower)).all()
@@ -137,8 +137,8 @@ def test_a_pure_noise_reward_model_gives_intervals_that_include_zero(tmp_path):
     # Coalitions the pool reaches poorly are sampled directly: their heads come from those samples.
     run_job(run, "evaluate", EvaluationConfig(prompts=8, pool_per_anchor=3, samples=1, max_new_tokens=6,
                                               chunk_prompts=4, ess_floor=100))
-    assert set(pd.read_csv(evaluation_dir(run) / "estimation.csv").query("target == 'token'").estimator) == {"direct"}
-    assert load_run_utilities(run).heads.count("noise") == 20
+    assert set(pd.read_csv(evaluation_folder(run) / "estimation.csv").query("target == 'token'").estimator) == {"direct"}
+    assert run_table(run).heads.count("noise") == 20
     # A changed number of heads keeps the trained reward model (its main head does not depend on them).
     config = run.load_config()
     config.rewards = replace(config.rewards, head_bootstraps=0)
@@ -146,33 +146,39 @@ def test_a_pure_noise_reward_model_gives_intervals_that_include_zero(tmp_path):
     context.config = config
     assert reward_models(context, Reporter(tmp_path / "again.jsonl"))["noise"].bootstrap_key == card["bootstrap"]["key"]
 
-    # Chunks scored before the heads existed leave the objective prompt-only, and say so.
-    for path in (evaluation_dir(run) / "scores" / "noise").rglob("chunk-0001.json"):
-        stored = json.loads(path.read_text())
-        path.write_text(json.dumps({"reward_key": stored["reward_key"], "scores": stored["scores"]}))
-    table = load_run_utilities(run)
-    assert table.heads.count("noise") == 0 and "predate" in table.heads.missing["noise"]
+    # The evaluation wrote every head's utilities beside the table: reading the values reads them, no estimator runs.
+    heads = pd.read_csv(evaluation_folder(run) / "utilities.heads.csv", keep_default_na=False)
+    assert [f"noise@{k}" for k in range(20)] == [c for c in heads.columns if c.startswith("noise@")]
+    # Heads refit after the evaluation did not score it: their utilities would not be this table's.
+    card_path = rewards_dir(run) / "noise" / "reward.json"
+    card_path.write_text(json.dumps(card | {"bootstrap": card["bootstrap"] | {"key": "refit"}}))
+    assert "not the ones that scored this evaluation" in run_table(run).heads.missing["noise"]
+    card_path.write_text(json.dumps(card))
+    # An evaluation made before they were kept (or whose heads' utilities were lost) is prompt-only, and says so.
+    (evaluation_folder(run) / "utilities.heads.csv").unlink()
+    table = run_table(run)
+    assert table.heads.count("noise") == 0 and "were not kept" in table.heads.missing["noise"]
     assert "prompts only" in value_sources(table).interval_note()
 
 
 def test_a_run_without_bootstrap_heads_loads_with_prompt_only_intervals(tmp_path):
     run = shutil.copytree(DEMO, tmp_path / "demo")  # reward models trained before bootstrap heads existed
-    table = load_run_utilities(run)
+    table = run_table(run)
     assert table.heads is not None and not table.heads.per_prompt
     assert set(table.heads.missing) == {"helpfulness", "harmlessness"}
     valuation = value_sources(table)
-    plain = value_sources(UtilityTable.from_csv(utilities_path(run))).shapley
+    plain = value_sources(UtilityTable.from_csv(utilities_csv(run))).shapley
     np.testing.assert_array_equal(valuation.shapley.lower, plain.lower)
     np.testing.assert_array_equal(valuation.shapley.upper, plain.upper)
-    assert "reward heads" not in valuation.shapley.method
+    assert not valuation.shapley.reward_heads and "reward heads" not in valuation.shapley.describe()
     assert "prompts only" in valuation.interval_note() and "which retraining adds" in valuation.interval_note()
     # A hub reward model cannot be refit: said, and its intervals stay prompt-only.
     card_path = rewards_dir(Run(run)) / "helpfulness" / "reward.json"
     card = json.loads(card_path.read_text())
     card_path.write_text(json.dumps(card | {"kind": "hub", "hub_model": "Ray2333/gpt2-large-helpful-reward_model"}))
-    hub = value_sources(load_run_utilities(run))
+    hub = value_sources(run_table(run))
     assert "helpfulness: a hub reward model cannot be refit" in hub.interval_note()
     np.testing.assert_array_equal(hub.shapley.lower, plain.lower)
     # The reward-free preference table has no reward model at all.
-    assert load_run_utilities(run, "preference").heads is None
-    assert pd.read_csv(utilities_path(run)).shape[0] == len(table.values) * len(table.prompts)
+    assert run_table(run, "preference").heads is None
+    assert pd.read_csv(utilities_csv(run)).shape[0] == len(table.values) * len(table.prompts)

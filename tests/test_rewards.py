@@ -9,26 +9,18 @@ import pytest
 import torch
 
 from valuation.config import ConfigError, DataConfig, ModelConfig, RewardConfig, RewardObjective, RunConfig
-from valuation.context import RunContext
-from valuation.models import load_model, load_tokenizer, tiny_model_dir
-from valuation.tokens import chat_prompt, prompt_ids, reply_ids
+from valuation.runtime.context import RunContext
+from valuation.lm.models import load_model, load_tokenizer, tiny_model_dir
+from valuation.lm.tokens import chat_prompt, prompt_ids, reply_ids
 from valuation.progress import Reporter, read_progress
-from valuation.reward_models import BradleyTerryHead, FeatureExtractor, HubRewardModel, RewardError, cut_left
-from valuation.rewards import (
-    HARMLESS_HUB_ID,
-    HEAD_FILE,
-    default_reward_config,
-    is_near_chance,
-    load_reward,
-    objective_pairs,
-    read_reward_card,
-    reward_accuracies,
-    reward_models,
-    rewards_dir,
-    wilson_interval,
-)
+from valuation.rewards.models import BradleyTerryHead, FeatureExtractor, HubRewardModel, RewardError, cut_left
+from valuation.data.preferences import HARMLESS_HUB_ID
+from valuation.rewards.cards import (HEAD_FILE, accuracy_table, is_near_chance, read_cards, read_reward_card, rewards_dir,
+                                    wilson_interval)
+from valuation.rewards.job import default_reward_config
+from valuation.rewards.store import load_reward, objective_pairs, reward_models
 from valuation.runs import create_run
-from valuation.sources import record_sources
+from valuation.data.sources import record_sources
 
 TOPICS = ["gardening", "cooking", "travel"]
 
@@ -125,7 +117,7 @@ def test_trained_rewards_are_cached_in_the_run_and_reload_identically(tmp_path, 
     card = read_reward_card(run, "preference")
     assert 0 <= card["interval"][0] <= card["heldout_accuracy"] <= card["interval"][1] <= 1
     assert card["train"]["count"] + card["heldout"]["count"] <= sum(len(p) for p in context.split.reward.values())
-    assert reward_accuracies(run).set_index("objective").loc["preference", "accuracy"] == card["heldout_accuracy"]
+    assert accuracy_table(read_cards(run)).set_index("objective").loc["preference", "accuracy"] == card["heldout_accuracy"]
     prompts = [[{"role": "user", "content": "How do I start?"}]] * 3
     replies = ["Plan carefully, step by step.", "No.", "Figure it out yourself."]
     scores = models["preference"].score(prompts, replies)
@@ -204,11 +196,11 @@ def test_reward_cards_are_read_once_with_one_near_chance_rule(tmp_path):
         (rewards_dir(run) / name / "reward.json").write_text(json.dumps(card))
     (rewards_dir(run) / "broken").mkdir()
     (rewards_dir(run) / "broken" / "reward.json").write_text("{not json")
-    frame = reward_accuracies(run).set_index("objective")
+    frame = accuracy_table(read_cards(run)).set_index("objective")
     assert list(frame.index) == ["harmlessness", "helpfulness"]  # the unreadable card is skipped
     assert frame.near_chance.to_dict() == {"harmlessness": False, "helpfulness": True}
     assert np.isnan(frame.loc["harmlessness", "pairs"])
-    assert reward_accuracies(Run(tmp_path / "nothing")).empty
+    assert accuracy_table(read_cards(Run(tmp_path / "nothing"))).empty
 
 
 def test_hub_reward_model_plumbing_with_a_tiny_local_classifier(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from valuation.cli import main
 from valuation.config import ConfigError, DataConfig, RunConfig, from_dict, to_dict
 from valuation.runs import Run, RunError, create_run, list_runs
+from valuation.views.snapshot import RunSnapshot
 
 
 def test_config_round_trip_and_strict_loading():
@@ -33,8 +34,8 @@ def test_broken_runs_are_listed_with_their_problem(runs_dir):
     invalid = create_run("invalid")
     invalid.config_path.write_text("seed: 1\nbogus: 2\n")
     assert [r.name for r in list_runs()] == ["broken", "good", "invalid"]
-    assert good.problem() is None
-    assert "corrupt" in broken.problem() and "unknown setting" in invalid.problem()
+    assert RunSnapshot(good).problem is None
+    assert "corrupt" in RunSnapshot(broken).problem and "unknown setting" in RunSnapshot(invalid).problem
     with pytest.raises(RunError, match="already exists"):
         create_run("good")
 
@@ -58,7 +59,7 @@ def test_an_upload_is_kept_in_the_run_written_atomically_once(tmp_path, monkeypa
     import os
 
     from valuation.runs import Run
-    from valuation.sources import save_upload
+    from valuation.data.sources import save_upload
 
     run = Run(tmp_path / "run")
     path = save_upload(run, "../pairs.jsonl", b"first")
@@ -84,3 +85,34 @@ def test_every_command_explains_itself(command, capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
         cli.main([command, "--help"])
     assert stopped.value.code == 0 and "--" in capsys.readouterr().out
+
+
+HOSTILE = ["a/b", "../../escape", "x@seed2", "__base__", "a+b", "v.1", "<img src=x onerror=alert(1)>"]
+
+
+def test_source_names_are_checked_once_when_the_run_is_made(runs_dir, tmp_path, capsys) -> None:
+    """A source names a folder, an adapter and a coalition member: a name that cannot be all three is
+    refused when the sources are chosen, naming it and the rename to make, before the run exists."""
+    from helpers import table_rows, write_jsonl
+    from valuation.data.sources import SourceNameError, check_source_names, record_sources
+
+    rows = [row for name in [*HOSTILE, "fine one", "вендор"] for row in table_rows(name, 4)]
+    data = write_jsonl(tmp_path / "hostile.jsonl", rows)
+    assert main(["sources", "--data", str(data), "--run", str(runs_dir / "r"), "--new"]) == 2
+    error = capsys.readouterr().err
+    for name in HOSTILE:
+        assert repr(name) in error
+    assert "(say 'a_b')" in error and "(say 'escape')" in error and "Rename them in the data" in error
+    assert not (runs_dir / "r").exists()  # nothing to undo: not even an empty run
+    # The Sources page's save takes the same check: a run keeps its previous choice.
+    run = create_run("page")
+    with pytest.raises(SourceNameError, match="'a/b'"):
+        record_sources(run, DataConfig(dataset=str(data), sources=["a/b", "fine one"]))
+    assert run.load_split() is None and not (run.path / "adapters").exists()
+    # Choosing only the sources whose names work is fine: letters of any script, digits, '_', '-' and spaces.
+    record_sources(run, DataConfig(dataset=str(data), sources=["fine one", "вендор"]))
+    assert sorted(run.load_split()["train_pairs"]) == ["fine one", "вендор"]
+    check_source_names(["harmless-base", "flan_v2_niv2", "vendor A", "вендор", "ベンダー"])
+    for name in ["", " padded", "a" * 65]:
+        with pytest.raises(SourceNameError):
+            check_source_names([name])

@@ -8,13 +8,14 @@ import pytest
 import torch
 from peft import PeftModel
 
-from conftest import random_adapter_run
-from valuation.adapters import adapter_dir, load_adapters
-from valuation.coalitions import BASE, all_coalitions, formula_terms
+from helpers import random_adapter_run
+from valuation.lm.adapters import adapter_dir, load_adapters
+from valuation.games.coalitions import BASE, all_coalitions, formula_terms
 from valuation.config import ModelConfig
-from valuation.models import load_model
-from valuation.tokens import prompt_ids, reply_ids
-from valuation.scoring import ScoringError, score_coalitions, score_variants, variant_log_likelihoods
+from valuation.lm.models import load_model
+from valuation.lm.tokens import prompt_ids, reply_ids
+from valuation.lm.adapters import AdapterError
+from valuation.lm.scoring import score_coalitions, score_variants, variant_log_likelihoods
 
 SOURCES = ["harmless-base", "helpful-base", "helpful-online"]
 A, B, C = SOURCES
@@ -134,7 +135,7 @@ def test_batches_and_blocks_do_not_change_the_scores(tiny, responses) -> None:
 
 def test_an_unknown_model_is_a_user_error(tiny, responses) -> None:
     model, tokenizer = tiny
-    with pytest.raises(ScoringError, match="nope"):
+    with pytest.raises(AdapterError, match="nope"):
         score_variants(model, tokenizer, responses, {"x": [("nope", 1.0)]})
 
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_REWARDS as REWARDS, random_adapter_run
 
+from helpers import TINY_REWARDS as REWARDS, evaluation_folder, random_adapter_run, run_table, store
 from valuation import cli
-from valuation.game import EvaluationConfig
-from valuation.jobs import run_job
-from valuation.monte_carlo import bootstrap_intervals
-from valuation.samples import evaluation_dir, load_samples
-from valuation.seeds import seed_table
-from valuation.synthetic import save_random_adapters
-from valuation.utility_table import UtilityTable, with_seeds
-from valuation.values import UtilityError, load_run_utilities, target_tables, value_sources
+from valuation.evaluation.settings import EvaluationConfig
+from valuation.games.intervals import bootstrap_intervals
+from valuation.games.utility_table import UtilityError, UtilityTable, with_seeds
+from valuation.games.values import value_sources
+from valuation.jobs.registry import run_job
+from valuation.lm.synthetic import save_random_adapters
+from valuation.report.reproduce import train_configs
+from valuation.views.snapshot import RunSnapshot
 
 SOURCES = ["harmless-base", "helpful-base"]
 PROMPTS = 40
@@ -45,7 +45,7 @@ def test_the_values_average_the_seeds_and_the_intervals_hold_their_spread() -> N
     mean = (alone.values + bootstrap_intervals(("a", "b"), second, n_boot=2000).values) / 2
     np.testing.assert_allclose(result.values, mean)  # the mean of the seeds' values: about 0 and 0.5
     assert result.values[:, 0] == pytest.approx([0.0, 0.5], abs=0.05)
-    assert "2 training seeds" in result.method
+    assert result.seeds == 2 and "2 training seeds" in result.describe()
     a_low, a_high = result.lower[0, 0], result.upper[0, 0]
     assert a_low < -1 and a_high > 1  # the seeds' disagreement is in a's interval: it spans zero
     assert result.upper[1, 0] - result.lower[1, 0] < 0.1  # b, on which they agree, stays sharp
@@ -72,22 +72,23 @@ def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, es
     config = EvaluationConfig(estimator=estimator, prompts=2, samples=2, pool_per_anchor=2, max_new_tokens=3,
                               chunk_prompts=1, ess_floor=0)
     path = run_job(run, "evaluate", config)
-    folder = evaluation_dir(run)
+    folder = evaluation_folder(run)
     first = pd.read_csv(path, keep_default_na=False)
-    second = pd.read_csv(seed_table(path, 1), keep_default_na=False)
+    second = pd.read_csv(store(run).table_path("utilities", 1), keep_default_na=False)
     assert set(second.coalition) == set(first.coalition) and set(second.prompt) == set(first.prompt)
     assert not np.allclose(first.helpfulness, second.helpfulness)  # other adapters, other utilities
-    assert seed_table(folder / "preference.csv", 1).is_file()  # the reward-free utilities too
+    assert store(run).table_path("preference", 1).is_file()  # the reward-free utilities too
     if estimator == "pooled":
-        assert seed_table(folder / "utilities-sequence.csv", 1).is_file()
-        assert len(load_samples(run)) == 2 * 4 * 2  # one pool (prompts x anchors x draws): the seed is weighed, not sampled
-    for target in target_tables(run):
-        valuation = value_sources(load_run_utilities(run, target))
-        assert "2 training seeds" in valuation.shapley.method and "average over 2 training seeds" in valuation.interval_note()
+        assert store(run).table_path("utilities-sequence", 1).is_file()
+        assert len(store(run).samples()) == 2 * 4 * 2  # one pool (prompts x anchors x draws): the seed is weighed, not sampled
+    for target in store(run).targets:
+        valuation = value_sources(run_table(run, target))
+        assert valuation.shapley.seeds == 2 and "2 training seeds" in valuation.shapley.describe()
+        assert "average over 2 training seeds" in valuation.interval_note()
     assert cli.main(["shapley", "--run", str(run.path), "--target", "preference"]) == 0  # the reward-free target
     assert "average over 2 training seeds" in capsys.readouterr().out
     mean = (first.set_index(["coalition", "prompt"]).helpfulness + second.set_index(["coalition", "prompt"]).helpfulness) / 2
-    assert load_run_utilities(run).value(frozenset(SOURCES), "helpfulness") == pytest.approx(
+    assert run_table(run).value(frozenset(SOURCES), "helpfulness") == pytest.approx(
         mean.xs("harmless-base+helpful-base").mean())
 
     # Without the further seed's adapters, an evaluation plays one seed and removes the other's tables.
@@ -95,21 +96,19 @@ def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, es
         (run.path / "adapters" / adapter / "training.json").unlink()
     run_job(run, "evaluate", config)
     assert not list(folder.glob("*.seed2.csv"))
-    assert "one training seed" in value_sources(load_run_utilities(run)).interval_note()
+    assert "one training seed" in value_sources(run_table(run)).interval_note()
 
 
 def test_a_damaged_seed_table_says_which_file(tmp_path) -> None:
     run = random_adapter_run(tmp_path, "damaged", SOURCES, rewards=REWARDS, eval_prompts=4)
     path = run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=2, samples=1, max_new_tokens=2))
-    pd.read_csv(path, keep_default_na=False).iloc[:-1].to_csv(seed_table(path, 1), index=False)  # a row short
+    pd.read_csv(path, keep_default_na=False).iloc[:-1].to_csv(store(run).table_path("utilities", 1), index=False)
     with pytest.raises(UtilityError, match="seed2.csv"):
-        load_run_utilities(run)
+        run_table(run)
 
 
 def test_the_reports_train_command_names_the_seeds(tmp_path) -> None:
-    from valuation.report.reproduce import train_configs
-
     run = random_adapter_run(tmp_path, "report", SOURCES)
-    assert train_configs(run, SOURCES)[0].seeds == 1
+    assert train_configs(RunSnapshot(run))[0].seeds == 1
     save_random_adapters(run, [*SOURCES, "harmless-base@seed2", "helpful-base@seed2"])
-    assert train_configs(run, SOURCES)[0].seeds == 2
+    assert train_configs(RunSnapshot(run))[0].seeds == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from valuation.coalitions import (
+from valuation.games.coalitions import (
     BASE,
     Coalition,
     all_coalitions,
@@ -20,8 +20,9 @@ from valuation.coalitions import (
     formula_terms,
     parse_coalition,
 )
-from valuation.monte_carlo import MaxPermutations, StandardErrorBelow, bootstrap_intervals, permutation_shapley
-from valuation.shapley import (
+from valuation.games.intervals import bootstrap_intervals
+from valuation.games.sampling import MaxPermutations, StandardErrorBelow, permutation_shapley
+from valuation.games.shapley import (
     CachedGame,
     ValuationResult,
     exact_banzhaf,
@@ -30,7 +31,7 @@ from valuation.shapley import (
     shapley_weights,
     values_by_mask,
 )
-from valuation.utility_table import UtilityTable
+from valuation.games.utility_table import UtilityTable
 
 # -----------------------------------------------------------------------------
 # games and independent oracles

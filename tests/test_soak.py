@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from test_browser import (CHROMIUM_FLAGS, PAGES, _browser_or_skip, expect_the_real_app, open_expander, serve,
-                          set_number, wait_for_app)
+from browser import (CHROMIUM_FLAGS, PAGES, browser_or_skip, expect_the_real_app, open_expander, serve, set_number,
+                     wait_for_app)
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
 SESSIONS = 5
 MINUTES = 3  # rounds stop starting after this
@@ -76,7 +76,7 @@ def test_five_sessions_for_a_few_minutes(tmp_path):
     errors: list[str] = []
     views = 0
     with serve(runs, tmp_path, model="embedded") as (url, server), sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_browser_or_skip(), headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=browser_or_skip(), headless=True, args=CHROMIUM_FLAGS)
         pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(SESSIONS)]
         for page in pages:
             page.set_default_timeout(120_000)

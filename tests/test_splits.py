@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from valuation.config import DataConfig
-from valuation.data import load_preferences
-from valuation.splits import split_preferences
+from valuation.data.preferences import load_preferences
+from valuation.data.splits import split_preferences
 
 
 def _keys(pairs_by_source):

@@ -7,8 +7,8 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP
-from valuation.demo import DEMO_NAME, DEMO_SOURCE
+from helpers import APP
+from valuation.jobs.demo import DEMO_NAME, DEMO_SOURCE
 from valuation.runs import list_runs
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from valuation.data import PreferencePair
-from valuation.tokens import fit_prompt, prompt_ids
-from valuation.training import TrainConfig, select_pairs
+from valuation.data.preferences import PreferencePair
+from valuation.lm.tokens import fit_prompt, prompt_ids
+from valuation.training.pairs import select_pairs
+from valuation.training.settings import TrainConfig
 
 CAP = 64
 LONG = "word " * 200  # far over the cap on its own
@@ -15,7 +16,7 @@ LONG = "word " * 200  # far over the cap on its own
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from valuation.models import load_model_tokenizer
+    from valuation.lm.models import load_model_tokenizer
     from valuation.config import ModelConfig
 
     return load_model_tokenizer(ModelConfig(name="tiny"))  # the embedded tokenizer, no weights loaded
@@ -87,7 +88,7 @@ def test_select_pairs_counts_whole_truncated_and_dropped(tokenizer) -> None:
 
 
 def test_the_sources_preview_and_validation_fit_prompts_as_training_does(tokenizer) -> None:
-    from valuation.sources import prompt_fit
+    from valuation.training.pairs import dropped_warning, prompt_fit
     from valuation.validation.inputs import fitting_pairs
 
     train = {"chat": [PreferencePair("chat", conversation(8), "y", "n", i) for i in range(4)],
@@ -96,8 +97,10 @@ def test_the_sources_preview_and_validation_fit_prompts_as_training_does(tokeniz
     frame = prompt_fit(train, tokenizer, TrainConfig(max_pairs=0, max_prompt_length=CAP, max_length=96)).set_index("source")
     assert frame.loc["chat", ["whole", "truncated", "dropped"]].tolist() == [0, 4, 0]
     assert frame.loc["essay", ["whole", "truncated", "dropped"]].tolist() == [2, 0, 2]
-    assert frame.loc["essay", "kept share"] == 0.5 and frame.loc["essay", "too many dropped"]
-    assert frame.loc["chat", "kept share"] == 1.0 and not frame.loc["chat", "too many dropped"]
+    assert frame.loc["essay", "kept share"] == 0.5 and frame.loc["chat", "kept share"] == 1.0
+    # the one warning, for the sources that lose over a fifth of their pairs: essay, not chat
+    warning = dropped_warning({s: (r.whole + r.truncated, r.dropped) for s, r in frame.iterrows()})
+    assert "essay (2 of 4)" in warning and "chat" not in warning
 
     fitted = fitting_pairs(train["chat"] + train["essay"], tokenizer, CAP, count=5)
     assert [p.pair_id for p in fitted] == ["chat:0", "chat:1", "chat:2", "chat:3", "essay:0"]

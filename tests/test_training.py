@@ -11,16 +11,20 @@ from pathlib import Path
 import pytest
 
 from valuation import cli
-from valuation.adapters import (AdapterError, adapter_dir, check_adapter_name, check_compatible, load_adapters,
+from valuation.lm.adapters import (AdapterError, adapter_dir, check_adapter_name, check_compatible, load_adapters,
                                 seed_adapter, source_and_replica, trained_adapters, trained_seeds, trained_sources)
 from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
-from valuation.background import job_status, read_job, wait_for_job
-from valuation.jobs import command, job_config, launch
-from valuation.preference import judged, read_verdicts
+from valuation.jobs.background import job_status, read_job, wait_for_job
+from valuation.jobs.registry import command, job_config, launch
+from valuation.rewards.heldout import judged
+from valuation.rewards.verdicts import read_verdicts
 from valuation.runs import Run, create_run
-from valuation.sources import record_sources
-from valuation.training import PRESETS, TrainConfig, select_pairs, source_seed
-from valuation.training_progress import source_progress, training_curves
+from valuation.data.sources import record_sources
+from valuation.training.dpo import source_seed
+from valuation.training.pairs import select_pairs
+from valuation.training.settings import PRESETS, TrainConfig
+from valuation.training.progress import source_progress, training_curves
+from valuation.views.snapshot import RunSnapshot
 
 SOURCES = ["harmless-base", "helpful-base"]
 # Seconds per source on the tiny model: two or three optimiser steps on short sequences.
@@ -58,7 +62,7 @@ def test_seed_depends_on_run_seed_and_name_only() -> None:
 
 
 def test_a_config_round_trips_through_the_command_line() -> None:
-    from valuation.flags import overrides_from
+    from valuation.jobs.flags import overrides_from
 
     config = job_config("train", "paper", max_pairs=7, learning_rate=1e-3, precompute_ref=False,
                         lora_targets=["q_proj", "v_proj"], sources=["a", "b"], retrain=True)
@@ -70,8 +74,8 @@ def test_a_config_round_trips_through_the_command_line() -> None:
 
 
 def test_select_pairs_caps_and_counts_dropped() -> None:
-    from valuation.data import PreferencePair
-    from valuation.models import load_tokenizer, model_path
+    from valuation.data.preferences import PreferencePair
+    from valuation.lm.models import load_tokenizer, model_path
 
     tokenizer = load_tokenizer(model_path("tiny"))
     long, short = "word " * 200, "hi"
@@ -82,6 +86,7 @@ def test_select_pairs_caps_and_counts_dropped() -> None:
     assert selected.rows[0]["chosen"] == [{"role": "assistant", "content": "yes"}]
 
 
+@pytest.mark.slow  # a train job in a process of its own
 def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     launch(run, "train", tiny())
     assert job_status(run).state in ("queued", "running")
@@ -93,7 +98,7 @@ def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     assert [(p.source, p.state, p.fraction) for p in progress] == [(s, "done", 1.0) for s in SOURCES]
     steps = [e for e in status.events if e["event"] == "step"]
     assert {"stage", "done", "total", "loss", "accuracy", "margin", "eta"} <= set(steps[0])
-    assert set(training_curves(run, status.events).source) == set(SOURCES)
+    assert set(training_curves(RunSnapshot(run).records, status.events).source) == set(SOURCES)
 
     verdicts = read_verdicts(run).set_index("source")  # did each adapter learn? judged on held-out pairs
     assert list(verdicts.index) == SOURCES and (verdicts.pairs > 0).all()
@@ -108,13 +113,14 @@ def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     assert "sources" not in record["settings"] and "base_model_path" not in record  # no machine path in a run
     assert not list(adapter_dir(run, "helpful-base").glob("*.bin"))
 
-    from valuation.models import load_model
+    from valuation.lm.models import load_model
 
     model = load_adapters(load_model(ModelConfig(name="tiny")), run)
     assert sorted(model.peft_config) == SOURCES and not model.training
     assert read_job(run).argv[:3] == ["train", "--run", str(run.path)]  # outside the project: absolute
 
 
+@pytest.mark.slow  # a train job in a process of its own
 def test_a_killed_job_leaves_no_adapter_and_a_relaunch_completes_it(run: Run) -> None:
     job = launch(run, "train", tiny(max_pairs=6))  # three steps a source
     deadline = time.monotonic() + 300

@@ -11,10 +11,10 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, labelled
-from valuation.adapters import adapter_dir
+from helpers import APP, labelled
+from valuation.lm.adapters import adapter_dir
 from valuation.config import DataConfig, ModelConfig, RunConfig
-from valuation.background import job_session, job_status
+from valuation.jobs.background import job_session, job_status
 from valuation.runs import create_run
 
 SOURCES = ["harmless-base", "helpful-base"]
@@ -65,6 +65,7 @@ def test_a_running_job_shows_progress_and_locks_the_launch(runs_dir) -> None:
     assert not at.exception and not launch_button(at).disabled
 
 
+@pytest.mark.slow  # a train job in a process of its own
 def test_launch_then_cancel_from_the_page(runs_dir) -> None:
     run = create_run("go", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)))
     at = open_page("go")
@@ -104,7 +105,7 @@ def test_trained_adapters_are_listed_with_their_curves(runs_dir) -> None:
 
 
 def test_the_demo_run_says_its_adapters_are_the_shipped_ones(runs_dir) -> None:
-    from valuation.demo import DEMO_SOURCE, install_demo
+    from valuation.jobs.demo import DEMO_SOURCE, install_demo
 
     if not (DEMO_SOURCE / "config.yaml").exists():
         pytest.skip("no demo run shipped")

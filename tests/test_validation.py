@@ -19,25 +19,28 @@ import torch
 from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP, random_adapter_run
+from helpers import APP, random_adapter_run
 from valuation import cli
-from valuation.adapters import RECORD_FILE, WEIGHTS_FILE, adapter_dir, load_adapters
-from valuation.background import job_session
-from valuation.coalitions import BASE, coalition_name, formula_terms
+from valuation.lm.adapters import RECORD_FILE, WEIGHTS_FILE, adapter_dir, load_adapters
+from valuation.jobs.background import job_session
+from valuation.games.coalitions import BASE, coalition_name, formula_terms
 from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
-from valuation.context import RunContext
-from valuation.demo import DEMO_SOURCE
-from valuation.flags import overrides_from
-from valuation.jobs import command, job_config
-from valuation.models import load_model
+from valuation.evaluation.job import evaluate_preferences
+from valuation.evaluation.store import EvaluationStore
+from valuation.runtime.context import RunContext
+from valuation.jobs.demo import DEMO_SOURCE
+from valuation.jobs.flags import overrides_from
+from valuation.jobs.registry import command, job_config
+from valuation.lm.models import load_model
 from valuation.progress import Reporter
 from valuation.runs import create_run
-from valuation.scoring import score_variants
-from valuation.training import PRESETS as TRAINING_PRESETS, TrainConfig
-from valuation.utility_table import UtilityTable
-from valuation.validation import (PRESETS, ValidationConfig, ValidationError, accuracy_path, comparisons,
-                                  current_experiment, method_shapley, results_dir, run_validate, summary)
-from valuation.preference import preference_utilities, responses_of
+from valuation.lm.scoring import score_variants
+from valuation.training.settings import PRESETS as TRAINING_PRESETS, TrainConfig
+from valuation.games.utility_table import UtilityTable
+from valuation.validation.job import current_experiment, run_validate
+from valuation.validation.results import comparisons, method_shapley, summary
+from valuation.validation.settings import PRESETS, ValidationConfig, ValidationError, accuracy_path, results_dir
+from valuation.rewards.heldout import preference_utilities, responses_of
 from valuation.validation.inputs import Inputs, read_inputs, train_adapter
 from valuation.validation.scaling import monte_carlo_errors, rank_correlations
 from valuation.validation.trained import compare_trained
@@ -176,15 +179,15 @@ def test_the_accuracy_utility_ties_half_for_the_base_and_matches_direct_scores(r
         assert row.reward_margin == pytest.approx(direct.loc[(K, prompt)].reward_margin, abs=1e-4)
 
     # The evaluate job writes the same reward-free utility for the Shapley page, from the same pairs.
-    from valuation.preference import evaluate_preferences
-
     loaded = load_model(ModelConfig(name="tiny"))
     context.base = loaded
-    path = evaluate_preferences(context, load_adapters(loaded, run), config.response_tokens, reporter)
+    store = EvaluationStore(run)
+    evaluate_preferences(context, store, load_adapters(loaded, run), config.response_tokens, reporter)
+    path = store.table_path("preference")
     evaluated = pd.read_csv(path, dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
     pd.testing.assert_frame_equal(evaluated, table)
     stamp = path.stat().st_mtime_ns
-    evaluate_preferences(context, context.base.model, config.response_tokens, reporter)  # unchanged: kept
+    evaluate_preferences(context, store, context.base.model, config.response_tokens, reporter)  # unchanged: kept
     assert path.stat().st_mtime_ns == stamp
 
 

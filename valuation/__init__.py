@@ -1,4 +1,9 @@
-"""Shapley values of fine-tuning data sources by language-model arithmetic (arXiv 2512.15765)."""
+"""Shapley values of fine-tuning data sources by language-model arithmetic (arXiv 2512.15765).
+
+The rooms, from the bottom up (each imports only its own and those before it; tests/test_layers.py):
+the foundation (errors, config, storage, runs, progress), games, data, lm, runtime, rewards,
+training, evaluation, views, validation, jobs, report, and the command line (commands, cli).
+"""
 
 import os
 

@@ -1,6 +1,6 @@
 """`python -m valuation <command>`: the command-line face of the library (the app is the other).
 
-Jobs (train, rewards, evaluate, validate; `valuation.jobs`) get their flags from their config's
+Jobs (train, rewards, evaluate, validate; `jobs.registry`) get their flags from their config's
 fields: `--run`, `--preset`, one flag per setting, then the backend's flags. The other commands live in
 `valuation/commands/<name>.py` with `configure(parser)` and `run(args) -> int`; heavy imports
 (torch, transformers) happen only when work runs, so `--help` stays fast.
@@ -24,8 +24,8 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import BackendConfig
-    from .flags import add_flags
-    from .jobs import JOBS
+    from .jobs.flags import add_flags
+    from .jobs.registry import JOBS
 
     parser = argparse.ArgumentParser(prog="python -m valuation", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -45,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .background import job_session
+    from .jobs.background import job_session
     from .config import BackendConfig
-    from .flags import overrides_from
-    from .jobs import JOBS, job_config, run_in_session
+    from .jobs.flags import overrides_from
+    from .jobs.registry import JOBS, job_config, run_in_session
     from .runs import Run
 
     if args.command not in JOBS:
@@ -59,7 +59,7 @@ def run_command(args: argparse.Namespace) -> int:
         # Inside the session: a bad setting is recorded as the job's error, for the app to show.
         config = job_config(args.command, args.preset, **overrides_from(args, JOBS[args.command].config))
         backend = replace(recorded.backend, **overrides_from(args, BackendConfig))
-        run_in_session(run, args.command, config, reporter, backend)
+        run_in_session(run, args.command, config, reporter, backend, recorded)
     return 0
 
 

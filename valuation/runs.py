@@ -93,15 +93,6 @@ class Run:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RunError(f"Run {self.name!r}: split.json is corrupt; re-save the sources to rewrite it.") from None
 
-    def problem(self) -> str | None:
-        """What is wrong with this run, or None: lets the run list open even with a broken run."""
-        try:
-            self.load_config()
-            self.load_split()
-        except RunError as error:
-            return str(error)
-        return None
-
 
 def create_run(name: str, config: RunConfig | None = None, root: Path | None = None) -> Run:
     """A new run; without a config, the defaults on the base model `VALUATION_MODEL` names (or the embedded one)."""

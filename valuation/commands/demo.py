@@ -16,10 +16,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import DataConfig
-    from ..demo import DEMO_PROMPTS, export_demo
-    from ..jobs import job_config, run_job
+    from ..jobs.demo import DEMO_PROMPTS, export_demo
+    from ..jobs.registry import job_config, run_job
     from ..runs import Run, create_run
-    from ..sources import record_sources
+    from ..data.sources import record_sources
 
     run_dir = Run.at(args.run)
     if not run_dir.exists():

@@ -13,7 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..report import write_report
+    from ..report.document import write_report
     from ..runs import Run
 
     run_dir = Run.at(args.run)

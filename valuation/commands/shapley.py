@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from ..config import field_help
-from ..values import METHODS, TARGET_LABELS, ValuationConfig
+import json
 
-# With --run these default to the run's evaluation settings: it measured the coalitions they pick.
-EVALUATION_FLAGS = ("method", "permutations", "seed")
+import pandas as pd
+
+from ..config import field_help
+from ..games.values import METHODS, Valuation, ValuationConfig
+from ..views.caveats import AT_CHANCE, Caveat
+from ..views.snapshot import EVALUATION_SETTINGS  # with --run they default to the run's: it measured the coalitions they pick
+from ..views.values import TARGET_LABELS
+
 
 
 def _from_the_run(name: str) -> str:
@@ -34,26 +39,69 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="With --run: the utilities to value. After a pooled evaluation 'token' (default) or "
                              "'sequence'; on every run 'preference', the reward-free held-out pair utilities.")
     parser.add_argument("--format", choices=("table", "json"), default="table",
-                        help="'table': aligned text per objective; 'json': {shapley: {objective: {source: "
-                             "{value, lower, upper}}}, banzhaf, efficiency}.")
+                        help="'table': aligned text per objective, then the caveats; 'json': {shapley: {objective: "
+                             "{source: {value, lower, upper}}}, banzhaf, efficiency, caveats}.")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..games.values import read_table, value_sources
     from ..runs import Run
-    from ..rewards import reward_accuracies
-    from ..values import (format_table, load_run_utilities, load_utilities, run_valuation_config,
-                          value_sources)
+    from ..views.caveats import run_caveats, value_caveats
+    from ..views.snapshot import RunSnapshot
 
+    given = {name: getattr(args, name) for name in EVALUATION_SETTINGS if getattr(args, name) is not None}
     if args.run:
-        run_dir = Run.at(args.run)
-        table = load_run_utilities(run_dir, args.target)
-        accuracies, config = reward_accuracies(run_dir), run_valuation_config(run_dir)
+        snapshot = RunSnapshot(Run.at(args.run))
+        config = replace(snapshot.valuation_config, confidence=args.confidence, bootstrap=args.bootstrap, **given)
+        valuation = value_sources(snapshot.store.load(args.target), config)
+        accuracies = snapshot.accuracies
+        caveats = run_caveats(snapshot, {args.target or snapshot.store.primary(): valuation})
     else:
-        table, accuracies, config = load_utilities(args.utilities), None, ValuationConfig()
-    given = {name: getattr(args, name) for name in EVALUATION_FLAGS if getattr(args, name) is not None}
-    valuation = value_sources(table, replace(config, confidence=args.confidence, bootstrap=args.bootstrap, **given))
+        config = ValuationConfig(confidence=args.confidence, bootstrap=args.bootstrap, **given)
+        valuation, accuracies = value_sources(read_table(args.utilities), config), None
+        caveats = value_caveats({"": valuation})
     if args.format == "json":
-        print(valuation.to_json())
+        print(json.dumps(valuation.to_json_dict() | {"caveats": [{"kind": c.kind, "text": c.text} for c in caveats]},
+                         indent=2))
     else:
-        print(format_table(valuation, accuracies))
+        print(format_table(valuation, caveats, accuracies))
     return 0
+
+
+def _number(x: float) -> str:
+    return f"{x:+.4f}"
+
+
+def format_table(valuation: Valuation, caveats: list[Caveat], accuracies: pd.DataFrame | None = None) -> str:
+    """A readable aligned table per objective: value, interval, a note where it spans zero; the
+    efficiency check; the reward models' accuracies; then every caveat. An objective whose reward
+    model is at chance gets its caveat instead of its values."""
+    shapley, intervals = valuation.shapley, valuation.has_intervals
+    efficiency = valuation.efficiency_frame().set_index("objective")
+    spans = valuation.spans_zero()
+    hidden = {c.about[0]: c.text for c in caveats if c.kind == AT_CHANCE}
+    width = max(len("source"), *map(len, valuation.players))
+    header = f"{valuation.confidence:.0%} interval" if intervals else ""
+    lines = [f"method: {shapley.describe()}" + ("" if intervals else " (no interval: add a prompt column to bootstrap one)")]
+    for k, objective in enumerate(valuation.objectives):
+        lines += ["", objective]
+        if objective in hidden:
+            lines.append(f"  {hidden[objective]}")
+            continue
+        lines.append(f"  {'source':<{width}}  {'value':>8}  {header}".rstrip())
+        for i, player in enumerate(valuation.players):
+            row = f"  {player:<{width}}  {_number(shapley.values[i, k]):>8}"
+            if intervals:
+                row += f"  [{_number(shapley.lower[i, k])}, {_number(shapley.upper[i, k])}]"
+            if spans[i, k]:
+                row += "  spans zero: not distinguishable from no effect"
+            lines.append(row)
+        e = efficiency.loc[objective]
+        lines.append(f"  efficiency: sum of values {_number(e.sum_of_values)} vs v(N) - v(empty) = "
+                     f"{e.v_full:.4f} - {e.v_empty:.4f} = {_number(e.v_full - e.v_empty)} (gap {e.gap:.1e})")
+    for row in (accuracies if accuracies is not None else pd.DataFrame()).itertuples():
+        lines += ["", f"reward model {row.objective}: held-out accuracy {row.accuracy:.3f} "
+                      f"[{row.lower:.3f}, {row.upper:.3f}] on {row.pairs:.0f} pairs"
+                      + ("  warning: near chance (the interval includes 0.5)" if row.near_chance else "")]
+    shown = [c for c in caveats if c.kind != AT_CHANCE]
+    return "\n".join([*lines, "", "caveats:", *(f"- {c.text}" for c in shown)] if shown else lines)

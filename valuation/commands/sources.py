@@ -22,9 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_preferences
+    from ..data.preferences import load_preferences
+    from ..data.sources import check_source_names, describe_provenance, describe_sources, record_sources
     from ..runs import Run, create_run
-    from ..sources import describe_provenance, describe_sources, record_sources
 
     data_config = DataConfig(dataset=args.data, data_dir=args.data_dir,
                              ultrafeedback_file=args.ultrafeedback_file, sources=args.sources,
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     for line in data.report.summary():
         print(f"note: {line}")
     if args.run:
+        check_source_names(data_config.sources or data.sources)  # before the run exists: nothing to undo
         run_dir = Run.at(args.run)
         if not run_dir.exists():
             if not args.new:

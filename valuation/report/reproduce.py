@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, DataConfig, RewardConfig, RunConfig, from_dict
 from ..errors import UserError
+from ..jobs.registry import command, shown_path
+from ..lm.adapters import trained_seeds
+from ..rewards.job import RewardJobConfig
 from ..runs import Run
-from .facts import Facts
+from ..training.settings import TrainConfig
+from ..validation.settings import recorded_config, result_folders
+from ..views.snapshot import RunSnapshot
 from .html import bullets, code_block, paragraph, section
-from .validation import validation_folders
 
 
 def differing(config: Any, default: Any, prefix: str) -> list[str]:
@@ -26,8 +29,6 @@ def differing(config: Any, default: Any, prefix: str) -> list[str]:
 
 def sources_command(run: Run, config: RunConfig) -> str:
     """The sources command that makes the run's split again, under the run's base model."""
-    from ..jobs import shown_path
-
     data, args = config.data, ["sources", "--run", shown_path(run.path), "--new"]
     for flag, value in (("--data", data.dataset if data.dataset != "hh-rlhf" else ""), ("--data-dir", data.data_dir),
                         ("--ultrafeedback-file", data.ultrafeedback_file), ("--heldout-file", data.heldout_file)):
@@ -36,47 +37,32 @@ def sources_command(run: Run, config: RunConfig) -> str:
     return f"VALUATION_MODEL={shlex.quote(config.model.name)} python -m valuation {shlex.join(args)}"
 
 
-def train_configs(run: Run, all_sources: list[str]) -> list[Any]:
+def train_configs(snapshot: RunSnapshot) -> list[Any]:
     """The TrainConfig of each group of adapters trained with the same settings (its sources named when
     they are not all of the run's)."""
-    from ..adapters import read_record, trained_seeds, trained_sources
-    from ..training import TrainConfig
-
     groups: dict[str, list[str]] = {}
-    for source in trained_sources(run):
-        groups.setdefault(json.dumps(read_record(run, source).get("settings", {}), sort_keys=True), []).append(source)
-    seeds = trained_seeds(run, trained_sources(run))
-    return [from_dict(TrainConfig, {**json.loads(settings), **({} if sources == all_sources else {"sources": sources}),
+    for source in snapshot.trained:
+        settings = snapshot.records[source].get("settings", {})
+        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(source)
+    seeds, all_sources = trained_seeds(snapshot.run, snapshot.trained), snapshot.sources
+    return [from_dict(TrainConfig, {**json.loads(settings), **({} if set(sources) == set(all_sources) else {"sources": sources}),
                                     **({"seeds": seeds} if seeds > 1 else {})}, "training record")
             for settings, sources in groups.items()]
 
 
-def validation_config(folder: Path) -> Any:
-    """A results folder's settings as the validate job's config (its experiments and sources are not recorded)."""
-    from ..validation.settings import PRESETS, ValidationConfig
-
-    preset = next((p for p in PRESETS.values() if p.folder == folder.name), ValidationConfig(folder=folder.name))
-    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
-    return from_dict(ValidationConfig, {**vars(preset), **settings}, str(folder / "settings.json"))
-
-
-def job_commands(facts: Facts) -> tuple[list[str], list[str]]:
+def job_commands(snapshot: RunSnapshot) -> tuple[list[str], list[str]]:
     """The job commands in order (train, rewards, evaluate, validate), and notes on what they cannot say."""
-    from ..game import EvaluationConfig
-    from ..jobs import command
-    from ..rewards import RewardJobConfig
-
     def line(job: str, config: Any) -> str:
-        return "python -m valuation " + shlex.join(command(facts.run, job, config))
+        return "python -m valuation " + shlex.join(command(snapshot.run, job, config))
 
-    lines, notes = [line("train", c) for c in train_configs(facts.run, facts.sources)], []
-    if not facts.accuracies.empty:
-        kind = facts.config.rewards.kind
+    lines, notes = [line("train", c) for c in train_configs(snapshot)], []
+    if not snapshot.accuracies.empty:
+        kind = snapshot.config.rewards.kind
         lines.append(line("rewards", RewardJobConfig(kind="" if kind == RewardConfig().kind else kind)))
-    if facts.evaluation:
-        lines.append(line("evaluate", from_dict(EvaluationConfig, facts.evaluation, "evaluation/settings.json")))
-    for folder in validation_folders(facts.run):
-        lines.append(line("validate", validation_config(folder)))
+    if snapshot.store.settings is not None:
+        lines.append(line("evaluate", snapshot.store.settings))
+    for folder in result_folders(snapshot.run):
+        lines.append(line("validate", recorded_config(folder)))
         notes.append(f"validation '{folder.name}' does not record its experiments and sources: the command names the "
                      "defaults (every experiment, the run's first sources).")
     return lines, notes
@@ -95,21 +81,19 @@ def config_notes(config: RunConfig) -> list[str]:
     return notes + ([f"Set in the run's config.yaml after the sources command: {', '.join(others)}."] if others else [])
 
 
-def commands_section(facts: Facts) -> str:
+def commands_section(snapshot: RunSnapshot) -> str:
     """Every command from the sources to this report, then the notes on what they leave out."""
-    from ..jobs import shown_path
-
-    run = shown_path(facts.run.path)
+    run = shown_path(snapshot.run.path)
     try:
-        jobs, notes = job_commands(facts)
+        jobs, notes = job_commands(snapshot)
     except (ConfigError, UserError, ValueError) as error:
         jobs, notes = [], [f"The recorded settings could not be read back as commands: {error}"]
-    lines = [sources_command(facts.run, facts.config), *jobs]
-    if facts.tables:
+    lines = [sources_command(snapshot.run, snapshot.config), *jobs]
+    if snapshot.store.targets:
         lines.append(f"python -m valuation shapley --run {shlex.quote(run)}")
     lines.append(f"python -m valuation report --run {shlex.quote(run)}")
     parts = [paragraph("From the project folder, in this order (each job resumes: what is already computed is kept). "
                        "The settings come from the run itself: the adapters' training records and "
                        "evaluation/settings.json."), code_block(lines)]
-    notes = config_notes(facts.config) + notes
+    notes = config_notes(snapshot.config) + notes
     return section("commands", "Reproduce this run", parts + ([bullets(notes)] if notes else []))

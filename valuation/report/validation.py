@@ -4,15 +4,16 @@ against exact Shapley; every number with an interval over held-out pairs or repe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
-from ..runs import Run
-from .facts import Facts
+from ..training.settings import PRESETS as TRAIN_PRESETS
+from ..validation.results import model_utilities, read_scored
+from ..validation.settings import recorded_config, result_folders
+from ..views.snapshot import RunSnapshot
 from .html import paragraph, section, subheading, table, with_interval
 
 
@@ -37,8 +38,6 @@ def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, confidence: f
 def comparison_rows(folder: Path, beta: float) -> list[list[object]]:
     """Each compared pair of models: KL(reference ‖ model) per token and the utility gaps, with intervals
     over held-out pairs; the same point values as `validation.results.comparisons`."""
-    from ..validation.results import model_utilities, read_scored
-
     scores, kls = read_scored(folder)
     if kls.empty:
         return []
@@ -69,11 +68,7 @@ def scaling_rows(folder: Path) -> list[list[object]]:
 
 def validation_parts(folder: Path) -> list[str]:
     """One results folder's comparisons and scaling tables, under its name (nothing when it holds neither)."""
-    from ..training import PRESETS as TRAIN_PRESETS
-    from ..validation.settings import ValidationConfig
-
-    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
-    preset = settings.get("training_preset", ValidationConfig().training_preset)
+    preset = recorded_config(folder).training_preset
     parts = [subheading(f"Validation '{folder.name}'")]
     compared = comparison_rows(folder, TRAIN_PRESETS.get(preset, TRAIN_PRESETS["quick"]).beta)
     if compared:
@@ -93,16 +88,9 @@ def validation_parts(folder: Path) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
-def validation_folders(run: Run) -> list[Path]:
-    """The run's validation results folders, one per validate job that has written its settings."""
-    from ..validation.settings import results_dir
-
-    return sorted(path.parent for path in results_dir(run, "").glob("*/settings.json"))
-
-
-def validation_section(facts: Facts) -> str:
+def validation_section(snapshot: RunSnapshot) -> str:
     """Every results folder's tables, or a sentence saying the arithmetic is not measured on this run."""
-    parts = [part for folder in validation_folders(facts.run) for part in validation_parts(folder)]
+    parts = [part for folder in result_folders(snapshot.run) for part in validation_parts(folder)]
     return section("validation", "Validation", parts or [
         paragraph("No validation has run on this run: how far the arithmetic holds here is not measured "
                   "(`python -m valuation validate --run RUN`).")])

@@ -1,5 +1,5 @@
 """The accuracy experiment: held-out preference accuracy and reward margin of all 2^n coalitions of
-the run's own adapters (valuation.preference), on the validation's held-out pairs.
+the run's own adapters (`rewards.heldout`), on the validation's held-out pairs.
 
     <run>/validation/accuracy_utilities.csv     coalition, prompt, preference_accuracy, reward_margin
 """
@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..adapters import load_adapters, read_record, trained_sources
-from ..preference import coalition_preferences
+from ..lm.adapters import load_adapters, read_record, trained_sources
+from ..rewards.heldout import coalition_preferences
 from ..storage import atomic_write_text
 from .inputs import Inputs
 from .settings import ValidationError, accuracy_path
@@ -25,7 +25,7 @@ def run_accuracy(inputs: Inputs, reporter: Reporter) -> Path:
     """Preference accuracy of every coalition of the run's own adapters, on the held-out pairs.
 
     Written to <run>/validation/accuracy_utilities.csv (the evaluate job writes the same utility
-    for the Shapley page: valuation.preference).
+    for the Shapley page: `evaluation.job.evaluate_preferences`).
     """
     run = inputs.context.run
     path = accuracy_path(run)

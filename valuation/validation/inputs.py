@@ -1,5 +1,5 @@
 """What every experiment reads from the run (training pairs, held-out pairs), and the adapters the
-validation trains for itself, in <run>/validation/<folder>/adapters/ (the layout of adapters.py):
+validation trains for itself, in <run>/validation/<folder>/adapters/ (the layout of `lm.adapters`):
 
     e1:a        source a alone, 1 epoch         e1:a+b      the pooled data of a and b
     e1:a>b      b trained with e1:a merged into the weights (the second stage of sequential DPO)
@@ -13,17 +13,18 @@ from itertools import islice, zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..adapters import adapter_dir, save_adapter, trained_sources
+from ..lm.adapters import adapter_dir, save_adapter, trained_sources
 from ..config import preset_config
-from ..tokens import fit_prompt
-from ..preference import HeldOut, held_out
-from ..splits import judging_pairs
-from ..training import PRESETS as TRAINING_PRESETS, TrainConfig, fit_adapter, source_seed
+from ..lm.tokens import fit_prompt
+from ..rewards.heldout import HeldOut, held_out
+from ..data.splits import judging_pairs
+from ..training.dpo import fit_adapter, source_seed
+from ..training.settings import PRESETS as TRAINING_PRESETS, TrainConfig
 from .settings import ValidationConfig, ValidationError, results_dir
 
 if TYPE_CHECKING:
-    from ..context import RunContext
-    from ..data import PreferencePair
+    from ..runtime.context import RunContext
+    from ..data.preferences import PreferencePair
     from ..progress import Reporter
 
 
@@ -62,7 +63,7 @@ def read_inputs(context: RunContext, config: ValidationConfig) -> Inputs:
     training = preset_config(TrainConfig, TRAINING_PRESETS, config.training_preset)
     tokenizer = context.base.tokenizer
 
-    # The eval part (or the gold set's) is disjoint by prompt from every training pair (splits.py).
+    # The eval part (or the gold set's) is disjoint by prompt from every training pair (`data.splits`).
     eval_part = {s: judging_pairs(s, context.data, context.split, context.config.data) for s in context.split.train}
     per_source = -(-config.heldout_pairs // len(eval_part))  # ceil
     short = [fitting_pairs(pairs, tokenizer, training.max_prompt_length, per_source) for pairs in eval_part.values()]

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..coalitions import coalition_name, parse_coalition
-from ..monte_carlo import bootstrap_intervals
+from ..games.coalitions import coalition_name, parse_coalition
+from ..games.intervals import bootstrap_intervals
 from ..runs import Run
-from ..shapley import exact_shapley
-from ..utility_table import UtilityTable
-from ..preference import preference_utilities
+from ..games.shapley import exact_shapley
+from ..games.utility_table import UtilityTable
+from ..rewards.heldout import preference_utilities
 from .accuracy import read_utilities
 from .settings import accuracy_path
 

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..adapters import load_adapters
-from ..monte_carlo import permutation_shapley
-from ..shapley import exact_shapley
+from ..lm.adapters import load_adapters
+from ..games.sampling import permutation_shapley
+from ..games.shapley import exact_shapley
 from ..storage import atomic_write_text
-from ..utility_table import UtilityTable
-from ..preference import coalition_preferences
+from ..games.utility_table import UtilityTable
+from ..rewards.heldout import coalition_preferences
 from .accuracy import read_utilities
 from .inputs import Inputs, adapter_name, fitting_pairs, train_adapter
 
 if TYPE_CHECKING:
-    from ..data import PreferencePair
+    from ..data.preferences import PreferencePair
     from ..progress import Reporter
 
 

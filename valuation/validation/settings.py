@@ -6,11 +6,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, helped
+import json
+
+from ..config import ConfigError, from_dict, helped
 from ..errors import UserError
 from ..runs import Run
 
 EXPERIMENTS = ("sequential", "pooled", "epochs", "accuracy", "scaling")
+SETTINGS_FILE = "settings.json"  # in each results folder: the settings that made its results
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
 
@@ -62,6 +65,19 @@ PRESETS: dict[str, ValidationConfig] = {
     "gpu": ValidationConfig(n_sources=3, folder="gpu", training_preset="paper", max_pairs=256, epochs=[1.0, 2.0, 4.0, 8.0],
                             response_tokens=128, scaling_pairs=128, repeats=50),
 }
+
+
+def recorded_config(folder: Path) -> ValidationConfig:
+    """The settings a results folder recorded (its settings.json), as the job's config: the preset of
+    that folder (or the defaults) with them; its experiments and sources are not recorded."""
+    preset = next((p for p in PRESETS.values() if p.folder == folder.name), ValidationConfig(folder=folder.name))
+    path = folder / SETTINGS_FILE
+    return from_dict(ValidationConfig, {**vars(preset), **json.loads(path.read_text(encoding="utf-8"))}, str(path))
+
+
+def result_folders(run: Run) -> list[Path]:
+    """The run's validation results folders, one per validate job that has written its settings."""
+    return sorted(path.parent for path in results_dir(run, "").glob(f"*/{SETTINGS_FILE}"))
 
 
 def results_dir(run: Run, folder: str) -> Path:

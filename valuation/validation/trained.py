@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..adapters import load_adapters
-from ..coalitions import BASE, all_coalitions, formula_terms
-from ..preference import HeldOut, responses_of
+from ..lm.adapters import load_adapters
+from ..games.coalitions import BASE, all_coalitions, formula_terms
+from ..rewards.heldout import HeldOut, responses_of
 from ..storage import atomic_write_text
 from .inputs import Inputs, adapter_name, fitting_pairs, train_adapter
 
 if TYPE_CHECKING:
-    from ..data import PreferencePair
+    from ..data.preferences import PreferencePair
     from ..progress import Reporter
-    from ..scoring import Scores, Variant
+    from ..lm.scoring import Scores, Variant
 
 Models = dict[tuple[str, ...], list[tuple[str, list[str]]]]  # coalition -> [(label, adapters summed in weight space)]
 
@@ -62,8 +62,8 @@ def train_models(inputs: Inputs, pairs: dict[str, list[PreferencePair]], epochs:
 
 def compare_trained(inputs: Inputs, sources: list[str], epochs: float, kind: str, reporter: Reporter) -> Path:
     """Train what `kind` ('sequential' or 'pooled') needs at `epochs`, score it against the arithmetic."""
-    from ..merging import merged_coalition_adapter
-    from ..scoring import score_variants
+    from ..lm.merging import merged_coalition_adapter
+    from ..lm.scoring import score_variants
 
     scores_file = inputs.folder / f"{kind}-e{epochs:g}.scores.csv"
     if scores_file.exists():

@@ -1,0 +1,13 @@
+"""The language models: the base model and its tokenizer, one LoRA adapter per source on it, and
+the coalition models built from them by log-probability arithmetic.
+
+    models.py         base models (embedded, tiny, hub, path)
+    tokens.py         conversations through the chat template; prompts cut to their end
+    adapters.py       adapters stored in the run, loaded together on one base
+    arithmetic.py     the coalition sampler: one mixed-adapter forward pass per decoding step
+    scoring.py        teacher-forced log-likelihoods of fixed replies under any combined model
+    merging.py        the weight-space merge ablation
+    synthetic.py      random adapters for tests and benchmarks
+
+May import: the foundation, games (the coalition vocabulary) and data (its message type).
+"""

@@ -1,0 +1,122 @@
+"""Teacher-forced scoring: the exact log-likelihood of fixed responses under combined models.
+
+A *variant* is a model built by log-probability arithmetic from the models of one PeftModel: a
+list of (model name, coefficient) terms, "__base__" naming the base pi_0, combined token by token,
+
+    log p(. | x, y<t) = sum_k c_k log pi_k(. | x, y<t) - log Z_t
+
+A trained model alone is [(name, 1)]; a coalition S is formula_terms(S), the arithmetic
+sum_{l in S} log pi_l + (1 - |S|) log pi_0. Each response goes once through every model its
+variants name, one row per model in a mixed-adapter batch, so the 2^n coalitions of n sources
+cost n + 1 forward passes per response, and any number of variants is read off those passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .adapters import check_attached
+from .arithmetic import forward_log_probs, left_pad
+from ..games.coalitions import Coalition, formula_terms
+from ..data.preferences import Messages
+from .tokens import prompt_ids
+from ..progress import Progress
+
+Variant = list[tuple[str, float]]  # (model name, coefficient) terms of log p, renormalised per token
+Key = TypeVar("Key", bound=Hashable)
+MAX_COMBINED_FLOATS = 2**25  # variants are combined in blocks of at most this many floats (128 MiB)
+
+
+@dataclass
+class Scores:
+    log_likelihoods: dict[Hashable, np.ndarray]  # variant -> [responses]: sum_t log p(y_t | x, y<t)
+    kls: dict[tuple[Hashable, Hashable], np.ndarray]  # (p, q) -> [responses]: sum_t KL(p_t || q_t)
+
+
+def score_variants(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                   responses: Sequence[tuple[Messages, Sequence[int]]], variants: Mapping[Key, Variant],
+                   kl_pairs: Sequence[tuple[Key, Key]] = (), max_batch_rows: int = 16,
+                   progress: Progress | None = None) -> Scores:
+    """Log-likelihood of every (conversation, reply token ids) response under every variant, and for
+    each (p, q) of `kl_pairs` the KL summed over the reply's tokens,
+
+        KL(p || q) = sum_t sum_v p_t(v) (log p_t(v) - log q_t(v)).
+
+    A batch holds at most `max_batch_rows` rows, one per (response, model); a response that needs
+    more rows is batched alone. `progress(done, total)` hears of scored responses.
+    """
+    keys = list(variants)
+    models = list(dict.fromkeys(name for terms in variants.values() for name, _ in terms))
+    check_attached(model, models)
+    # coefficients[v, m]: the weight of model m's log-probs in variant v (a model named twice adds up)
+    coefficients = torch.zeros(len(keys), len(models))
+    for v, terms in enumerate(variants.values()):
+        for name, coefficient in terms:
+            coefficients[v, models.index(name)] += coefficient
+    compared = list(dict.fromkeys(keys.index(key) for pair in kl_pairs for key in pair))
+    kl_rows = [(compared.index(keys.index(p)), compared.index(keys.index(q))) for p, q in kl_pairs]
+
+    encoded = [(prompt_ids(tokenizer, messages), list(reply)) for messages, reply in responses]
+    log_likelihoods = np.zeros((len(keys), len(encoded)))
+    kls = np.zeros((len(kl_pairs), len(encoded)))
+    per_batch = max(1, max_batch_rows // len(models))
+    for first in range(0, len(encoded), per_batch):
+        batch = encoded[first:first + per_batch]
+        for b, log_probs in enumerate(reply_log_probs(model, tokenizer.pad_token_id, batch, models)):
+            weights = coefficients.to(log_probs.device)
+            log_likelihoods[:, first + b] = variant_log_likelihoods(log_probs, batch[b][1], weights)
+            if kl_rows:
+                kls[:, first + b] = kl_divergences(combine(log_probs, weights[compared]), kl_rows)
+        if progress is not None:
+            progress(first + len(batch), len(encoded))
+    return Scores({key: log_likelihoods[v] for v, key in enumerate(keys)},
+                  {pair: kls[k] for k, pair in enumerate(kl_pairs)})
+
+
+def score_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                     responses: Sequence[tuple[Messages, Sequence[int]]], coalitions: Sequence[Coalition],
+                     max_batch_rows: int = 16, progress: Progress | None = None) -> dict[Coalition, np.ndarray]:
+    """Exact log pi_S(reply | prompt) of every response, for every coalition S (by arithmetic)."""
+    variants = {coalition: formula_terms(coalition) for coalition in coalitions}
+    return score_variants(model, tokenizer, responses, variants, max_batch_rows=max_batch_rows,
+                          progress=progress).log_likelihoods
+
+
+def reply_log_probs(model: torch.nn.Module, pad_id: int, batch: list[tuple[list[int], list[int]]],
+                    models: list[str]) -> list[torch.Tensor]:
+    """Per (prompt, reply) of `batch`: every model's next-token log-probs at the reply's tokens,
+    [models, reply tokens, vocab], from one mixed-adapter forward pass over the whole batch."""
+    input_ids, mask, positions = left_pad([prompt + reply for prompt, reply in batch for _ in models], pad_id)
+    width = max(len(reply) for _, reply in batch)
+    # Left padding puts every reply at the end: the last width + 1 positions predict them all.
+    log_probs, _ = forward_log_probs(model, input_ids, mask, positions, models * len(batch), keep=width + 1)
+    log_probs = log_probs[:, :-1].view(len(batch), len(models), width, -1)
+    return [log_probs[b, :, width - len(reply):] for b, (_, reply) in enumerate(batch)]
+
+
+def combine(log_probs: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """log p_v = log_softmax(sum_m c_vm log pi_m) per token: [variants, tokens, vocab] from [models, tokens, vocab]."""
+    models, length, vocab = log_probs.shape
+    return (coefficients @ log_probs.reshape(models, -1)).view(-1, length, vocab).log_softmax(-1)
+
+
+def variant_log_likelihoods(log_probs: torch.Tensor, reply: Sequence[int], coefficients: torch.Tensor,
+                            max_floats: int = MAX_COMBINED_FLOATS) -> np.ndarray:
+    """sum_t log p_v(y_t | y<t) for every variant (row of `coefficients`), in blocks within `max_floats`."""
+    _, length, vocab = log_probs.shape
+    tokens, targets = torch.arange(length, device=log_probs.device), torch.tensor(reply, device=log_probs.device)
+    block = max(1, max_floats // (length * vocab))
+    sums = [combine(log_probs, coefficients[first:first + block])[:, tokens, targets].sum(-1).double()
+            for first in range(0, len(coefficients), block)]
+    return torch.cat(sums).cpu().numpy()
+
+
+def kl_divergences(combined: torch.Tensor, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """sum_t KL(p_t || q_t) for each (p, q) of rows of `combined` [variants, tokens, vocab]."""
+    return np.array([float((combined[p].exp() * (combined[p] - combined[q])).sum()) for p, q in pairs])

@@ -1,0 +1,11 @@
+"""The train job: one DPO LoRA adapter per source (and per training seed).
+
+    settings.py       the job's settings and presets
+    pairs.py          what training reads of a source under the prompt length cap, and the dropped-pairs warning
+    dpo.py            one adapter trained by TRL's DPOTrainer, with its seed and record
+    cluster.py        a Ray task per adapter
+    job.py            the job: what to train, each adapter saved whole, then every adapter judged
+    progress.py       a train job as the app reads it: progress, curves, the adapters table
+
+May import: the foundation, games, data, lm, runtime and rewards (the verdicts).
+"""
