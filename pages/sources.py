@@ -140,8 +140,8 @@ cap = training_cap(snapshot.records)
 origin = "the settings of the run's adapters" if snapshot.adapters else "the quick preset"
 st.caption(f"Training reads each source's training pairs in the split's order until {cap.max_pairs or 'all'} are "
            f"kept, with prompts of at most {cap.max_prompt_length} tokens through the chat template ({origin}). "
-           "A longer prompt keeps its last user turn and the earlier turns that fit (truncated); a pair whose last "
-           "user turn alone is longer is dropped.")
+           "A longer prompt keeps its end (truncated): its last user turn and the earlier turns that fit, or the last "
+           "tokens of a last user turn longer on its own. A pair is dropped only when the chat template alone is longer.")
 # On request: counting loads the tokenizer (transformers), seconds of CPU this landing page should not spend.
 if st.toggle("Count what the cap keeps of each source", help="Loads the base model's tokenizer: a few seconds the "
              "first time. The Training page shows the same counts for every trained adapter."):

@@ -109,8 +109,9 @@ if table.empty:
     st.caption("None yet.")
 else:
     st.dataframe(table, hide_index=True)
-    st.caption("truncated: pairs whose prompt was longer than max prompt length, trained on its last user turn and the "
-               "earlier turns that fit; dropped: pairs whose last user turn alone was longer.")
+    st.caption("truncated: pairs whose prompt was longer than max prompt length, trained on its end (its last user turn "
+               "and the earlier turns that fit, or the last tokens of a last user turn longer on its own); dropped: "
+               "pairs with no prompt to keep (the chat template alone was longer).")
     show_caveats(caveats, (PAIRS_DROPPED,))
 
 verdicts = snapshot.verdicts

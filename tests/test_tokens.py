@@ -66,9 +66,18 @@ def test_a_system_message_stays_when_it_fits_beside_the_end(tokenizer) -> None:
     assert fitted is not None and fitted[0]["role"] == "user" and fitted[-1] == wordy[-1]
 
 
-def test_a_last_user_turn_longer_than_the_cap_is_not_kept(tokenizer) -> None:
-    assert fit_prompt(tokenizer, [user(LONG)], CAP) is None
-    assert fit_prompt(tokenizer, conversation(2, last=LONG), CAP) is None
+def test_a_last_user_turn_longer_than_the_cap_keeps_its_end(tokenizer) -> None:
+    question = LONG + "so which one is it?"
+    for messages in ([user(question)], conversation(2, last=question),
+                     [{"role": "system", "content": "Be brief."}, user(question)]):
+        fitted = fit_prompt(tokenizer, messages, CAP)
+        assert fitted is not None and len(fitted) == 1 and fitted[0]["role"] == "user"  # the turn alone
+        assert fitted[0]["content"].endswith("so which one is it?") and question.endswith(fitted[0]["content"])
+        assert CAP - 2 <= len(prompt_ids(tokenizer, fitted)) <= CAP  # cut from the left: as much of it as fits
+    # dropped only when nothing can be kept: the chat template around an empty turn is longer than the cap
+    template = len(prompt_ids(tokenizer, [user("")]))
+    assert fit_prompt(tokenizer, [user(LONG)], template - 1) is None
+    assert len(prompt_ids(tokenizer, fit_prompt(tokenizer, [user(LONG)], template))) <= template
 
 
 def test_select_pairs_counts_whole_truncated_and_dropped(tokenizer) -> None:
@@ -76,12 +85,11 @@ def test_select_pairs_counts_whole_truncated_and_dropped(tokenizer) -> None:
     pairs = [PreferencePair("s", prompt, "yes", "no", i) for i, prompt in enumerate(prompts)]
     config = TrainConfig(max_pairs=0, max_prompt_length=CAP, max_length=96)
     selected = select_pairs(pairs, tokenizer, config)
-    assert (selected.whole, selected.truncated, selected.dropped) == (2, 2, 2)
-    assert selected.whole + selected.truncated + selected.dropped == len(pairs)
-    assert len(selected.rows) == selected.whole + selected.truncated
+    assert (selected.whole, selected.truncated, selected.dropped) == (2, 4, 0)  # no pair lost to a long prompt
+    assert len(selected.rows) == selected.whole + selected.truncated == len(pairs)
     assert all(len(prompt_ids(tokenizer, row["prompt"])) <= CAP for row in selected.rows)
-    assert [row["prompt"][-1] for row in selected.rows] == [prompts[i][-1] for i in (0, 1, 3, 5)]
-    assert selected.too_many_dropped  # 2 of 6 is over a fifth
+    assert [row["prompt"][-1] for row in selected.rows][:2] == [prompts[0][-1], prompts[1][-1]]
+    assert not selected.too_many_dropped
 
     capped = select_pairs(pairs, tokenizer, TrainConfig(max_pairs=2, max_prompt_length=CAP, max_length=96))
     assert (capped.whole, capped.truncated, capped.dropped) == (1, 1, 0)  # stops once two are kept
@@ -96,11 +104,12 @@ def test_the_sources_preview_and_validation_fit_prompts_as_training_does(tokeniz
                        for i in range(4)]}
     frame = prompt_fit(train, tokenizer, TrainConfig(max_pairs=0, max_prompt_length=CAP, max_length=96)).set_index("source")
     assert frame.loc["chat", ["whole", "truncated", "dropped"]].tolist() == [0, 4, 0]
-    assert frame.loc["essay", ["whole", "truncated", "dropped"]].tolist() == [2, 0, 2]
-    assert frame.loc["essay", "kept share"] == 0.5 and frame.loc["chat", "kept share"] == 1.0
-    # the one warning, for the sources that lose over a fifth of their pairs: essay, not chat
-    warning = dropped_warning({s: (r.whole + r.truncated, r.dropped) for s, r in frame.iterrows()})
-    assert "essay (2 of 4)" in warning and "chat" not in warning
+    assert frame.loc["essay", ["whole", "truncated", "dropped"]].tolist() == [2, 2, 0]  # the long ones keep their end
+    assert frame.loc["essay", "kept share"] == frame.loc["chat", "kept share"] == 1.0
+    assert dropped_warning({s: (r.whole + r.truncated, r.dropped) for s, r in frame.iterrows()}) is None
+    # the one warning, for the sources that lose over a fifth of the pairs they read (2 of 5, not 1 of 10)
+    warning = dropped_warning({"lossy": (3, 2), "fine": (9, 1)})
+    assert "lossy (2 of 5)" in warning and "fine" not in warning
 
     fitted = fitting_pairs(train["chat"] + train["essay"], tokenizer, CAP, count=5)
     assert [p.pair_id for p in fitted] == ["chat:0", "chat:1", "chat:2", "chat:3", "essay:0"]

@@ -73,7 +73,7 @@ def test_a_config_round_trips_through_the_command_line() -> None:
     assert args.beta is None  # not different: the preset's value applies
 
 
-def test_select_pairs_caps_and_counts_dropped() -> None:
+def test_select_pairs_caps_and_counts() -> None:
     from valuation.data.preferences import PreferencePair
     from valuation.lm.models import load_tokenizer, model_path
 
@@ -82,7 +82,7 @@ def test_select_pairs_caps_and_counts_dropped() -> None:
     pairs = [PreferencePair("s", [{"role": "user", "content": text}], "yes", "no", i)
              for i, text in enumerate([long, short, long, short, short])]
     selected = select_pairs(pairs, tokenizer, TrainConfig(max_pairs=2, max_prompt_length=64, max_length=96))
-    assert len(selected.rows) == 2 and selected.dropped == 2  # stops once two fit
+    assert len(selected.rows) == 2 and (selected.truncated, selected.dropped) == (1, 0)  # stops once two are kept
     assert selected.rows[0]["chosen"] == [{"role": "assistant", "content": "yes"}]
 
 

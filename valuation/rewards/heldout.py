@@ -39,7 +39,7 @@ class HeldOut:
 def held_out(tokenizer: Any, pairs: list[PreferencePair], tokens: int, prompt_tokens: int | None = None) -> list[HeldOut]:
     """Pairs as token ids, replies cut to `tokens`; a pair with an empty reply is left out. With
     `prompt_tokens`, prompts are cut to their end as training cut them (`lm.tokens.fit_prompt`), and a
-    pair whose last user turn alone is longer is left out too."""
+    pair with no prompt to keep (`fit_prompt` returns None) is left out too."""
     held = []
     for pair in pairs:
         prompt = pair.prompt if prompt_tokens is None else fit_prompt(tokenizer, pair.prompt, prompt_tokens)

@@ -118,11 +118,12 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
     selected = select_pairs(pairs, loaded.tokenizer, config)
     if not selected.rows:
         raise TrainingError(
-            f"Source {name!r} has no training pair whose last user turn fits max_prompt_length="
-            f"{config.max_prompt_length} ({selected.dropped} dropped): raise --max-prompt-length."
+            f"Source {name!r} has no training pair whose prompt fits max_prompt_length={config.max_prompt_length}, not "
+            f"even cut to its last tokens ({selected.dropped} dropped: the chat template alone is longer): raise "
+            "--max-prompt-length."
         )
     reporter.log(f"{name}: {len(selected.rows)} pairs ({selected.whole} whole, {selected.truncated} truncated to their "
-                 f"last turns, {selected.dropped} dropped by the prompt length cap), seed {seed}")
+                 f"end, {selected.dropped} dropped by the prompt length cap), seed {seed}")
     warning = dropped_warning({name: (len(selected.rows), selected.dropped)})
     if warning:
         reporter.log(f"warning: {warning}")

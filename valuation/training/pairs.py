@@ -29,7 +29,7 @@ class SourcePairs:
     rows: list[dict[str, Any]]  # TRL's conversational preference format
     whole: int  # rows whose prompt fits max_prompt_length as it is
     truncated: int  # rows whose prompt keeps only its end (tokens.fit_prompt)
-    dropped: int  # pairs whose last user turn alone exceeds max_prompt_length
+    dropped: int  # pairs with no prompt to keep: the chat template around an empty turn exceeds max_prompt_length
 
     @property
     def too_many_dropped(self) -> bool:
@@ -64,8 +64,8 @@ def dropped_warning(counts: dict[str, tuple[int, int]]) -> str | None:
         return None
     return ("The prompt length cap drops more than a fifth of the pairs training reads for "
             + ", ".join(f"{source} ({int(dropped)} of {int(kept + dropped)})" for source, (kept, dropped) in losing.items())
-            + f" (over {DROPPED_WARNING:.0%}): even their last user turn is longer than max prompt length, so their "
-              "values reflect only their shorter prompts. Raise max prompt length (Training page, --max-prompt-length).")
+            + f" (over {DROPPED_WARNING:.0%}): not even their last tokens fit beside the chat template, so their values "
+              "reflect only the pairs left. Raise max prompt length (Training page, --max-prompt-length).")
 
 
 def prompt_fit(train: dict[str, list[PreferencePair]], tokenizer: Any, config: TrainConfig) -> pd.DataFrame:

@@ -31,8 +31,8 @@ class TrainConfig:
     weight_decay: float = helped(0.0, "AdamW weight decay.")
     max_length: int = helped(128, "Tokens of prompt plus reply; a longer reply is cut at the end.")
     max_prompt_length: int = helped(80, "Prompt tokens (through the chat template): a longer prompt keeps its last user turn "
-                                        "and the earlier turns that fit; a pair whose last user turn alone is longer is "
-                                        "dropped. Both are counted.")
+                                        "and the earlier turns that fit, and a last user turn longer on its own keeps its "
+                                        "end (cut from the left within the turn). Both are counted as truncated.")
     beta: float = helped(0.1, "DPO beta: the KL strength. Adapters combine only when trained with the same beta.")
     lora_r: int = helped(8, "LoRA rank.")
     lora_alpha: int = helped(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
