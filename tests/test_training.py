@@ -96,8 +96,13 @@ def test_two_sources_train_in_the_background_and_load(run: Run) -> None:
     assert trained_sources(run) == SOURCES
     progress = source_progress(status.events)
     assert [(p.source, p.state, p.fraction) for p in progress] == [(s, "done", 1.0) for s in SOURCES]
-    steps = [e for e in status.events if e["event"] == "step"]
+    steps = [e for e in status.events if e["event"] == "step" and "loss" in e]
     assert {"stage", "done", "total", "loss", "accuracy", "margin", "eta"} <= set(steps[0])
+    # TRL's reference pass reports through the job's own progress, not a bar of its own in the log
+    reference = [e for e in status.events if e["event"] == "step" and e["stage"].endswith("reference log-probs")]
+    assert {e["stage"] for e in reference} == {f"{s}: reference log-probs" for s in SOURCES}
+    assert all(e["done"] <= e["total"] for e in reference) and reference[-1]["done"] == reference[-1]["total"]
+    assert "Computing reference log probs" not in (run.path / "job" / "log.txt").read_text()
     assert set(training_curves(RunSnapshot(run).records, status.events).source) == set(SOURCES)
 
     verdicts = read_verdicts(run).set_index("source")  # did each adapter learn? judged on held-out pairs

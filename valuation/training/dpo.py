@@ -18,8 +18,11 @@ starts. Progress goes to the `Reporter` (events for the app, log lines, a tqdm b
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..config import settings_of
@@ -102,6 +105,38 @@ def _dpo_config(config: TrainConfig, seed: int, output_dir: str, use_cpu: bool):
     )
 
 
+def _trainer(reporter: Reporter, name: str, batches: int) -> type:
+    """TRL's DPOTrainer, its reference pass (run while it is built, batch by batch, when the reference
+    log-probs are precomputed) reported as a stage of the job's own progress."""
+    from trl import DPOTrainer
+
+    stage, done = reporter.stage(f"{name}: reference log-probs"), 0
+
+    class ReportingDPOTrainer(DPOTrainer):
+        def compute_ref_log_probs(self, model, inputs):
+            nonlocal done
+            result = super().compute_ref_log_probs(model, inputs)
+            done += 1
+            stage(min(done, batches), batches)
+            return result
+
+    return ReportingDPOTrainer
+
+
+@contextmanager
+def _no_trl_bar() -> Iterator[None]:
+    """TRL's own bar over the reference pass writes a line per update into a job's log: off while the trainer is built."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
 def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], config: TrainConfig, seed: int,
                 reporter: Reporter) -> tuple[Any, dict[str, Any]]:
     """Train a LoRA adapter on `loaded.model` by DPO; the trained PeftModel and its record.
@@ -112,7 +147,6 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
     from datasets import Dataset
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
-    from trl import DPOTrainer
 
     started = time.time()
     selected = select_pairs(pairs, loaded.tokenizer, config)
@@ -130,8 +164,8 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_targets, task_type="CAUSAL_LM")
     history: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="valuation-train-") as scratch:
-        trainer = DPOTrainer(
+    with tempfile.TemporaryDirectory(prefix="valuation-train-") as scratch, _no_trl_bar():
+        trainer = _trainer(reporter, name, -(-len(selected.rows) // config.batch_size))(
             model=loaded.model,
             args=_dpo_config(config, seed, scratch, use_cpu=loaded.device.type == "cpu"),
             train_dataset=Dataset.from_list(selected.rows),
