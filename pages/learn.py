@@ -241,5 +241,7 @@ st.markdown(
     "comes with an interval: one that holds zero is not a finding.\n\n"
     "Every objective also depends on how each adapter happened to train. Trained under one seed, a source's value "
     "may flip sign when retrained; with **Seeds per source** k > 1 (Training page) the game is played once per "
-    "seed, the values average over seeds, and the intervals hold the spread between them. With one seed, read the "
-    "Training page's verdicts first: an adapter indistinguishable from the base gives a value that is mostly noise.")
+    "seed, the values average over seeds, and the intervals hold the spread between them. With one seed no value is a "
+    "finding yet: the Shapley page marks those whose interval excludes zero as not yet checked against training "
+    "noise. Read the Training page's verdicts too: an adapter indistinguishable from the base gives a value that is "
+    "mostly noise.")

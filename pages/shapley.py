@@ -22,7 +22,7 @@ from valuation.report.document import report_html
 from valuation.rewards.cards import chance_warning
 from valuation.runs import Run
 from valuation.views.caveats import (AT_CHANCE, BELOW_FLOOR, COVERAGE, DID_NOT_LEARN, SPANS_ZERO, TRAINING_NOISE,
-                                     run_caveats)
+                                     UNCHECKED, run_caveats)
 from valuation.views.convergence import answered_table, convergence_frame, prefix_sizes
 from valuation.views.figures import (bars_figure, convergence_figure, ess_figure, interaction_figure, prompts_figure,
                                      scatter_figure, targets_figure, values_waterfall)
@@ -86,6 +86,7 @@ def live_values(run: Run) -> None:
         if not drawn:
             return
         chart(bars_figure(valuation, drawn))
+        show_caveats(run_caveats(snapshot, {"": valuation}, hidden), (UNCHECKED,))
         st.caption("How the intervals narrowed as prompts were added: each source's value on the first k prompts.")
         for objective, column in zip(drawn, st.columns(len(drawn))):
             chart(prompts_figure(trace, valuation.players, objective).update_layout(
@@ -183,7 +184,7 @@ drawn = [o for o in valuation.objectives if o not in hidden]
 if drawn:
     chart(bars_figure(valuation, drawn))
 caveats = run_caveats(snapshot, {target: valuation}, hidden)
-show_caveats(caveats, (AT_CHANCE, SPANS_ZERO, COVERAGE, TRAINING_NOISE))
+show_caveats(caveats, (AT_CHANCE, UNCHECKED, SPANS_ZERO, COVERAGE, TRAINING_NOISE))
 if not snapshot.verdicts.empty:  # did each adapter behind these values learn? (the Training page has the detail)
     st.dataframe(snapshot.verdicts[["source", "verdict", "margin", "margin_lower", "margin_upper", "pairs"]],
                  hide_index=True, column_config={

@@ -112,3 +112,64 @@ def test_the_reports_train_command_names_the_seeds(tmp_path) -> None:
     assert train_configs(RunSnapshot(run))[0].seeds == 1
     save_random_adapters(run, [*SOURCES, "harmless-base@seed2", "helpful-base@seed2"])
     assert train_configs(RunSnapshot(run))[0].seeds == 2
+
+
+def test_one_seed_gives_no_finding_until_a_second_seed_checks_it(tmp_path, capsys) -> None:
+    """A run's values under one training seed: intervals that exclude zero are 'not findings yet' on
+    every surface (the caveats, the command line, the report's reading); a second seed's table, whose
+    spread is then in the intervals, makes the one that survives a finding."""
+    from helpers import additive_prompt_frame, write_utilities
+    from valuation.report.document import report_html
+    from valuation.views.caveats import UNCHECKED, run_caveats, unchecked
+
+    run = random_adapter_run(tmp_path, "one-seed", SOURCES)  # trained adapters, one seed each
+    write_utilities(run.path, additive_prompt_frame())  # 'strong' adds about 1: its interval excludes zero
+    snapshot = RunSnapshot(run)
+    valuation = value_sources(snapshot.store.load())
+    assert valuation.players[1] == "strong" and not valuation.spans_zero()[1, 0]  # sorted: noise, strong, weak
+    said = run_caveats(snapshot, {"direct": valuation})
+    assert "strong on helpfulness" in unchecked(said) and "noise on helpfulness" not in unchecked(said)
+    assert any(c.kind == UNCHECKED and c.text.startswith("Not findings yet") for c in said)
+    assert cli.main(["shapley", "--run", str(run.path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[:6] if line.startswith("  ")}
+    assert "not yet checked against training noise" in rows["strong"] and "spans zero" in rows["noise"]
+    assert "not yet checked against training noise (one training seed)" in report_html(run)
+
+    # A second seed that agrees: the intervals now hold the seeds' spread, and 'strong' is a finding.
+    additive_prompt_frame(seed=0).to_csv(store(run).table_path("utilities", 1), index=False)
+    snapshot = RunSnapshot(run)
+    valuation = value_sources(snapshot.store.load())
+    assert valuation.shapley.seeds == 2 and not unchecked(run_caveats(snapshot, {"direct": valuation}))
+    assert cli.main(["shapley", "--run", str(run.path)]) == 0
+    assert "not yet checked" not in capsys.readouterr().out
+
+
+def test_two_sources_with_identical_pairs_are_no_finding_at_the_default_settings(tmp_path, capsys) -> None:
+    """Twins (the same pairs under two names) trained by DPO at the default number of seeds: whatever
+    training noise makes of them, no surface presents a value of theirs as a finding."""
+    import json
+
+    from helpers import table_rows, write_jsonl
+    from valuation.config import DataConfig, ModelConfig, RunConfig
+    from valuation.data.sources import record_sources
+    from valuation.jobs.registry import job_config
+    from valuation.runs import create_run
+
+    rows = table_rows("twin-a", 40) + [r | {"source": "twin-b"} for r in table_rows("twin-a", 40)]
+    rows += [r | {"chosen": r["rejected"], "rejected": r["chosen"]} for r in table_rows("flipped", 40)]
+    data = DataConfig(dataset=str(write_jsonl(tmp_path / "twins.jsonl", rows)), eval_prompts=4)
+    run = create_run("twins", RunConfig(model=ModelConfig(name="tiny"), data=data), root=tmp_path)
+    record_sources(run, data)
+    train = job_config("train", max_pairs=8, batch_size=4, gradient_accumulation=1, max_length=64, max_prompt_length=32)
+    assert train.seeds == 1  # the default
+    run_job(run, "train", train)
+    run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=4, samples=1, max_new_tokens=3))
+    capsys.readouterr()  # the jobs' log lines
+    assert cli.main(["shapley", "--run", str(run.path), "--target", "preference", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    not_yet = {item for c in result["caveats"] if c["kind"] == "unchecked" for item in c["about"]}
+    for objective, values in result["shapley"].items():
+        for twin in ("twin-a", "twin-b"):
+            value = values[twin]
+            spans = value["lower"] <= 0 <= value["upper"]
+            assert spans or f"{twin} on {objective}" in not_yet, (objective, twin, value)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..config import field_help
 from ..games.values import METHODS, Valuation, ValuationConfig
-from ..views.caveats import AT_CHANCE, Caveat
+from ..views.caveats import AT_CHANCE, Caveat, unchecked
 from ..views.snapshot import EVALUATION_SETTINGS  # with --run they default to the run's: it measured the coalitions they pick
 from ..views.values import TARGET_LABELS
 
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         valuation, accuracies = value_sources(read_table(args.utilities), config), None
         caveats = value_caveats({"": valuation})
     if args.format == "json":
-        print(json.dumps(valuation.to_json_dict() | {"caveats": [{"kind": c.kind, "text": c.text} for c in caveats]},
+        print(json.dumps(valuation.to_json_dict() | {"caveats": [{"kind": c.kind, "text": c.text, "about": list(c.about)}
+                                                                  for c in caveats]},
                          indent=2))
     else:
         print(format_table(valuation, caveats, accuracies))
@@ -80,6 +81,7 @@ def format_table(valuation: Valuation, caveats: list[Caveat], accuracies: pd.Dat
     efficiency = valuation.efficiency_frame().set_index("objective")
     spans = valuation.spans_zero()
     hidden = {c.about[0]: c.text for c in caveats if c.kind == AT_CHANCE}
+    not_yet = unchecked(caveats)
     width = max(len("source"), *map(len, valuation.players))
     header = f"{valuation.confidence:.0%} interval" if intervals else ""
     lines = [f"method: {shapley.describe()}" + ("" if intervals else " (no interval: add a prompt column to bootstrap one)")]
@@ -95,6 +97,8 @@ def format_table(valuation: Valuation, caveats: list[Caveat], accuracies: pd.Dat
                 row += f"  [{_number(shapley.lower[i, k])}, {_number(shapley.upper[i, k])}]"
             if spans[i, k]:
                 row += "  spans zero: not distinguishable from no effect"
+            elif f"{player} on {objective}" in not_yet:
+                row += "  one training seed: not yet checked against training noise"
             lines.append(row)
         e = efficiency.loc[objective]
         lines.append(f"  efficiency: sum of values {_number(e.sum_of_values)} vs v(N) - v(empty) = "

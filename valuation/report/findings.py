@@ -7,16 +7,17 @@ from __future__ import annotations
 import pandas as pd
 
 from ..games.values import Valuation
-from ..views.caveats import AT_CHANCE, run_caveats
+from ..views.caveats import AT_CHANCE, run_caveats, unchecked
 from ..views.figures import bars_figure, scatter_figure
 from ..views.snapshot import RunSnapshot
 from ..views.values import TARGET_LABELS, objective_pair, reading
 from .html import Charts, bullets, paragraph, section, subheading, table, with_interval
 
 
-def values_table(frame: pd.DataFrame, confidence: str) -> str:
-    """One row per value: objective, source, value with its interval, and its reading."""
-    rows = [[r.objective, r.player, with_interval(r.value, r.lower, r.upper), reading(r)]
+def values_table(frame: pd.DataFrame, confidence: str, not_yet: set[str]) -> str:
+    """One row per value: objective, source, value with its interval, and its reading (`not_yet`: the
+    values not checked against training noise)."""
+    rows = [[r.objective, r.player, with_interval(r.value, r.lower, r.upper), reading(r, not_yet)]
             for r in frame.itertuples()]
     return table(["objective", "source", f"Shapley value [{confidence} interval]", "reading"], rows)
 
@@ -50,12 +51,13 @@ def values_section(snapshot: RunSnapshot, valuations: dict[str, Valuation], char
         return section("values", "Shapley values", [paragraph("This run has no coalition utilities yet: train "
                                                               "adapters, then evaluate the coalitions.")])
     main, valuation = next(iter(valuations.items()))
+    not_yet = unchecked(run_caveats(snapshot, valuations))
     parts = [paragraph(coverage_sentence(snapshot, valuation, main)), *figures_parts(snapshot, valuation, charts)]
     for target, each in valuations.items():
         frame = each.values_frame()
         shown = frame[~frame.objective.isin(snapshot.at_chance)]
         parts.append(subheading(f"Values: {TARGET_LABELS.get(target, target)}"))
-        parts.append(values_table(shown, snapshot.confidence) if not shown.empty else
+        parts.append(values_table(shown, snapshot.confidence, not_yet) if not shown.empty else
                      paragraph("Every objective of this target is at chance: no value to show.", "caveat"))
     return section("values", "Shapley values", parts)
 

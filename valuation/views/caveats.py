@@ -3,6 +3,8 @@ by the Shapley and Training pages, the report and the command line alike.
 
     at_chance       an objective whose reward model is at chance: its values are said, never drawn
     spans_zero      values whose interval includes zero: not distinguishable from no effect
+    unchecked       values whose interval excludes zero, of a run trained under one seed: not findings
+                    yet, as the intervals leave out training noise
     coverage        what the intervals cover (prompts, reward heads) and what they leave out
     training_noise  how many training seeds the values average (one: training noise is not in them)
     below_floor     coalitions the pooled evaluation reached with too few effective responses
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
     from ..games.values import Valuation
     from .snapshot import RunSnapshot
 
-AT_CHANCE, SPANS_ZERO, COVERAGE, TRAINING_NOISE = "at_chance", "spans_zero", "coverage", "training_noise"
+AT_CHANCE, SPANS_ZERO, UNCHECKED = "at_chance", "spans_zero", "unchecked"
+COVERAGE, TRAINING_NOISE = "coverage", "training_noise"
 BELOW_FLOOR, DID_NOT_LEARN, PAIRS_DROPPED = "below_floor", "did_not_learn", "pairs_dropped"
 NOTES = (COVERAGE, TRAINING_NOISE)  # what the intervals hold: notes to read beside the values, not warnings
 
@@ -62,11 +65,34 @@ def chance_caveats(accuracies: pd.DataFrame, hidden: set[str] = frozenset(),
     return caveats
 
 
-def not_distinguishable(valuation: Valuation, hidden: set[str] = frozenset()) -> list[str]:
-    """'source on objective' for every value whose interval includes zero (objectives in `hidden` left out)."""
-    spans = valuation.spans_zero()
+def not_distinguishable(valuation: Valuation, hidden: set[str] = frozenset(), spans: bool = True) -> list[str]:
+    """'source on objective' for every value whose interval includes zero (with `spans` False: excludes
+    it), objectives in `hidden` left out."""
+    found = valuation.spans_zero() == spans
     return [f"{player} on {objective}" for k, objective in enumerate(valuation.objectives) if objective not in hidden
-            for i, player in enumerate(valuation.players) if spans[i, k]]
+            for i, player in enumerate(valuation.players) if found[i, k] and valuation.has_intervals]
+
+
+def unchecked_caveats(valuations: Mapping[str, Valuation], hidden: set[str] = frozenset()) -> list[Caveat]:
+    """For a run trained under one seed, the values whose interval excludes zero: not findings yet.
+    The intervals leave out training noise, and the same pairs trained under another seed can move a
+    value as far (identical pairs under two seeds have come out 0.14 apart)."""
+    caveats = []
+    for target, valuation in valuations.items():
+        apparent = not_distinguishable(valuation, hidden, spans=False)
+        if valuation.shapley.seeds == 1 and apparent:
+            label = f", {TARGET_LABELS.get(target, target)}" if len(valuations) > 1 else ""
+            caveats.append(Caveat(UNCHECKED, (
+                f"Not findings yet{label}: {', '.join(apparent)}. Their intervals exclude 0, but each source has one "
+                "adapter (one training seed), so the intervals leave out training noise: the same pairs trained under "
+                "another seed can move a value as far. Train a second seed (Seeds per source on the Training page, "
+                "train --seeds 2) to check them."), tuple(apparent)))
+    return caveats
+
+
+def unchecked(caveats: list[Caveat]) -> set[str]:
+    """'source on objective' for every value the caveats say is not a finding yet (one training seed)."""
+    return {item for caveat in caveats if caveat.kind == UNCHECKED for item in caveat.about}
 
 
 def value_caveats(valuations: Mapping[str, Valuation], hidden: set[str] = frozenset()) -> list[Caveat]:
@@ -130,14 +156,16 @@ def training_caveats(snapshot: RunSnapshot) -> list[Caveat]:
 
 def run_caveats(snapshot: RunSnapshot, valuations: Mapping[str, Valuation] | None = None,
                 hidden: set[str] | None = None) -> list[Caveat]:
-    """Every caveat of the run, in the order to say them: reward models at chance, what the values
-    (`valuations`, by target, the primary first) say of their certainty, the pooled evaluation's
-    thin coalitions, and the training's. `hidden`: the objectives not drawn (default: those at chance).
+    """Every caveat of the run, in the order to say them: reward models at chance, values that are
+    not findings yet (one training seed), what the values (`valuations`, by target, the primary
+    first) say of their certainty, the pooled evaluation's thin coalitions, and the training's. `hidden`: the objectives not drawn (default: those at chance).
     With `valuations`, only the objectives they value are said to be at chance."""
     valuations = valuations or {}
     hidden = snapshot.at_chance if hidden is None else hidden
     valued = {o for valuation in valuations.values() for o in valuation.objectives} if valuations else None
-    caveats = chance_caveats(snapshot.accuracies, hidden, valued) + value_caveats(valuations, hidden)
+    caveats = chance_caveats(snapshot.accuracies, hidden, valued)
+    caveats += unchecked_caveats(valuations, hidden) if snapshot.trained else []  # values of trained adapters
+    caveats += value_caveats(valuations, hidden)
     if valuations:
         caveats += estimation_caveats(snapshot.store.estimation(), next(iter(valuations)))
     return caveats + training_caveats(snapshot)

@@ -44,11 +44,15 @@ def hidden_objectives(objectives: Sequence[str], at_chance: set[str],
     return hidden
 
 
-def reading(row: Any) -> str:
+def reading(row: Any, unchecked: set[str] = frozenset()) -> str:
     """What one value (a row of `Valuation.values_frame`) says, in words: it adds, it takes, or it
-    cannot be told from no effect."""
+    cannot be told from no effect; and whether it is a finding yet (`unchecked`: the values a run
+    trained under one seed cannot claim, `views.caveats.unchecked`)."""
     if pd.isna(row.lower) or pd.isna(row.upper):
         return "no interval: cannot tell from no effect"
     if row.spans_zero:
         return "not distinguishable from no effect"
-    return f"adds to {row.objective}" if row.value > 0 else f"takes from {row.objective}"
+    said = f"adds to {row.objective}" if row.value > 0 else f"takes from {row.objective}"
+    if f"{row.player} on {row.objective}" in unchecked:
+        return f"{said}? not yet checked against training noise (one training seed)"
+    return said
