@@ -22,7 +22,7 @@ from valuation.views.figures import curve_figure
 from valuation.views.snapshot import RunSnapshot
 
 MAIN_SETTINGS = ("max_pairs", "epochs", "learning_rate", "batch_size", "gradient_accumulation", "max_length",
-                 "max_prompt_length")
+                 "max_prompt_length", "train_layers")
 
 st.title("Training")
 st.caption("One LoRA adapter per source, trained with DPO (beta 0.1) on the same base with the same settings. "

@@ -27,8 +27,9 @@ def machine_paths(folder) -> list[str]:
 def test_export_keeps_results_in_float16_and_installs_once(tmp_path, monkeypatch):
     run = random_adapter_run(tmp_path / "runs", "built", ["harmless-base", "helpful-base"])
     (run.path / "job").mkdir()
+    (run.path / "cache" / "trunks").mkdir(parents=True)  # the frozen trunks: rebuilt on demand, never shipped
     target = export_demo(run, tmp_path / "demo-run")
-    assert not (target / "job").exists()
+    assert not (target / "job").exists() and not (target / "cache").exists()
     assert machine_paths(target) == []  # adapters name their base by id, resolved when loaded
     weights = load_file(target / "adapters" / "helpful-base" / "adapter_model.safetensors")
     assert {str(t.dtype) for t in weights.values()} == {"torch.float16"}

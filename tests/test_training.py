@@ -17,7 +17,7 @@ from valuation.config import ConfigError, DataConfig, ModelConfig, RunConfig
 from valuation.jobs.background import job_status, read_job, wait_for_job
 from valuation.jobs.registry import command, job_config, launch
 from valuation.rewards.heldout import judged
-from valuation.rewards.verdicts import read_verdicts
+from valuation.training.verdicts import VERDICT_PAIRS, read_verdicts
 from valuation.runs import Run, create_run
 from valuation.data.sources import record_sources
 from valuation.training.dpo import source_seed
@@ -168,7 +168,12 @@ def test_a_second_seed_trains_every_source_again_under_its_own_seed(run: Run) ->
     seeds = {a: json.loads((adapter_dir(run, a) / "training.json").read_text())["seed"] for a in trained_adapters(run)}
     assert seeds["helpful-base"] == source_seed(0, "helpful-base") != seeds["helpful-base@seed2"]
     assert seeds["helpful-base@seed2"] == source_seed(0, "helpful-base", 1)
-    assert list(read_verdicts(run).source) == trained_adapters(run)  # every adapter judged, on its source's pairs
+    verdicts = read_verdicts(run)
+    assert list(verdicts.source) == trained_adapters(run)  # every adapter judged, on its source's pairs
+    assert set(verdicts.pairs) == {VERDICT_PAIRS}  # these sources have more pairs no adapter trained on
+    stages = {e.get("stage") for e in job_status(run).events}
+    assert "harmless-base: held-out pairs, base" in stages  # its first verdict
+    assert "helpful-base: held-out pairs, base" not in stages  # scored by the first job: read, not computed again
     assert source_and_replica("helpful-base@seed2") == ("helpful-base", 1) and seed_adapter("a", 0) == "a"
     with pytest.raises(AdapterError, match="@seed"):
         check_adapter_name("vendor@seed2")
@@ -198,3 +203,26 @@ def test_a_verdict_says_learned_only_when_the_margin_interval_is_above_zero() ->
     noise = judged(np.array([0.3, -0.5, 0.4, -0.2]))
     assert noise["verdict"] == "indistinguishable from the base" and noise["accuracy"] == 0.5
     assert noise["accuracy_lower"] < 0.5 < noise["accuracy_upper"]
+
+
+def test_a_verdict_on_few_pairs_says_they_cannot_tell_a_weak_effect_from_none() -> None:
+    import numpy as np
+
+    few = judged(np.array([0.3, -0.5, 0.4, -0.2]), enough=256)
+    assert few["verdict"] == "indistinguishable from the base (only 4 pairs: too few to tell a weak effect from none)"
+    assert judged(np.array([0.3, 0.5, 0.4, 0.6]), enough=256)["verdict"] == "learned"  # a clear effect needs no caveat
+
+
+def test_verdict_pairs_are_every_pair_no_adapter_read_the_eval_part_first() -> None:
+    from valuation.data.preferences import load_preferences
+    from valuation.data.splits import judging_pairs, split_preferences, verdict_pairs
+
+    config = DataConfig(sources=SOURCES)
+    data = load_preferences(config)
+    split = split_preferences(data, config)
+    pairs = verdict_pairs("helpful-base", data, split, config, read=100)
+    eval_part = judging_pairs("helpful-base", data, split, config)
+    assert pairs[:len(eval_part)] == eval_part and len(pairs) > 256
+    trained = {p.prompt_key for p in split.train["helpful-base"][:100]}
+    assert all(p.source == "helpful-base" and p.prompt_key not in trained for p in pairs)
+    assert {p.pair_id for p in split.train["helpful-base"][100:110]} <= {p.pair_id for p in pairs}  # never read

@@ -136,6 +136,19 @@ def judging_pairs(source: str, data: PreferenceData, split: Split, config: DataC
     return [p for p in data.pairs if p.source == source and part_of(p, config) == "eval"]
 
 
+def verdict_pairs(source: str, data: PreferenceData, split: Split, config: DataConfig, read: int) -> list[PreferencePair]:
+    """Every pair that can judge the adapters trained on `source` without having trained them, the
+    best first: its eval part, its reward part, then its training pairs past the first `read` (those
+    training read), less any whose prompt a read pair shares. With a trusted held-out file, the gold
+    set's pairs (eval part first), none of which trained an adapter."""
+    if config.heldout_file.strip():
+        pairs = judging_pairs(source, data, split, config) + [p for part in split.reward.values() for p in part]
+        return list({p.pair_id: p for p in pairs}.values())
+    trained = {p.prompt_key for p in split.train[source][:read]}
+    unread = [p for p in split.train[source][read:] if p.prompt_key not in trained]
+    return judging_pairs(source, data, split, config) + split.reward.get(source, []) + unread
+
+
 def split_preferences(data: PreferenceData, config: DataConfig, gold: PreferenceData | None = None) -> Split:
     """Split every source of `data`: the chosen ones (`config.sources`, else all) train adapters and
     give evaluation prompts; reward pairs come from every source, disjoint by prompt from both.

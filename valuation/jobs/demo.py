@@ -21,7 +21,7 @@ from ..storage import atomic_dir
 DEMO_NAME = "demo"
 DEMO_SOURCE = PROJECT_ROOT / "assets" / "demo-run"
 DEMO_PROMPTS = PROJECT_ROOT / "assets" / "demo_prompts.jsonl"
-LEFT_OUT = ("job", "job.lock", "uploads", "README.md")  # run-local state, not results
+LEFT_OUT = ("job", "job.lock", "uploads", "cache", "README.md")  # run-local state, not results
 
 
 def _left_out(folder: str, names: list[str]) -> list[str]:

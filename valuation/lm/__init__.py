@@ -6,6 +6,7 @@ the coalition models built from them by log-probability arithmetic.
     adapters.py       adapters stored in the run, loaded together on one base
     arithmetic.py     the coalition sampler: one mixed-adapter forward pass per decoding step
     scoring.py        teacher-forced log-likelihoods of fixed replies under any combined model
+    trunk.py          the frozen lower layers once per sequence, the top layers on top, and their cache
     merging.py        the weight-space merge ablation
     synthetic.py      random adapters for tests and benchmarks
 

@@ -5,7 +5,6 @@
     store.py          each objective's reward model, trained on the run's reward split and cached in it
     job.py            the rewards job
     heldout.py        reward-free utilities: held-out preference accuracy and margin of every coalition
-    verdicts.py       did each adapter learn? its margin on held-out pairs of its own source
 
 May import: the foundation, games, data, lm and runtime.
 """

@@ -8,7 +8,7 @@ For a held-out pair (x, y+, y-) a model M has the implicit reward margin
 (reported times beta), and preference accuracy 1[m_M > 0], ties (the base against itself) counting
 1/2. The scorer reads every coalition off n + 1 forward passes per response. The evaluate job
 computes them for every run (`evaluation.job.evaluate_preferences`); the train job judges each adapter by its own
-margin (`rewards.verdicts`).
+margin (`training.verdicts`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..games.coalitions import BASE, TOKEN_LEVEL_MAX_PLAYERS, all_coalitions, coalition_name, membership
-from ..lm.tokens import fit_prompt, reply_ids
+from ..lm.tokens import reply_ids
 from .cards import wilson_interval
 
 if TYPE_CHECKING:
@@ -36,16 +36,13 @@ class HeldOut:
     rejected: list[int]
 
 
-def held_out(tokenizer: Any, pairs: list[PreferencePair], tokens: int, prompt_tokens: int | None = None) -> list[HeldOut]:
-    """Pairs as token ids, replies cut to `tokens`; a pair with an empty reply is left out. With
-    `prompt_tokens`, prompts are cut to their end as training cut them (`lm.tokens.fit_prompt`), and a
-    pair with no prompt to keep (`fit_prompt` returns None) is left out too."""
+def held_out(tokenizer: Any, pairs: list[PreferencePair], tokens: int) -> list[HeldOut]:
+    """Pairs as token ids, replies cut to `tokens`; a pair with an empty reply is left out."""
     held = []
     for pair in pairs:
-        prompt = pair.prompt if prompt_tokens is None else fit_prompt(tokenizer, pair.prompt, prompt_tokens)
         chosen, rejected = reply_ids(tokenizer, pair.chosen)[:tokens], reply_ids(tokenizer, pair.rejected)[:tokens]
-        if prompt is not None and chosen and rejected:
-            held.append(HeldOut(pair.pair_id, prompt, chosen, rejected))
+        if chosen and rejected:
+            held.append(HeldOut(pair.pair_id, pair.prompt, chosen, rejected))
     return held
 
 
@@ -91,12 +88,15 @@ def coalition_preferences(model: Any, tokenizer: Any, heldout: list[HeldOut], so
     return preference_utilities(pd.DataFrame(rows), beta, base="").rename(columns={"model": "coalition"})
 
 
-def judged(margin: np.ndarray) -> dict[str, Any]:
-    """Accuracy (Wilson interval) and mean margin (t interval) of an adapter's held-out margins, and the verdict."""
+def judged(margin: np.ndarray, enough: int = 0) -> dict[str, Any]:
+    """Accuracy (Wilson interval) and mean margin (t interval) of an adapter's held-out margins, and
+    the verdict; one that finds no effect on fewer than `enough` pairs says they were too few."""
     accuracy = float(((margin > 0) + 0.5 * (margin == 0)).mean())
     half = 1.96 * margin.std(ddof=1) / np.sqrt(len(margin)) if len(margin) > 1 else np.inf
     low, high = margin.mean() - half, margin.mean() + half
     verdict = "learned" if low > 0 else "learned the opposite" if high < 0 else "indistinguishable from the base"
+    if verdict.startswith("indistinguishable") and len(margin) < enough:
+        verdict += f" (only {len(margin)} pairs: too few to tell a weak effect from none)"
     accuracy_low, accuracy_high = wilson_interval(round(accuracy * len(margin)), len(margin))
     return {"accuracy": accuracy, "accuracy_lower": accuracy_low, "accuracy_upper": accuracy_high,
             "margin": float(margin.mean()), "margin_lower": float(low), "margin_upper": float(high), "verdict": verdict}

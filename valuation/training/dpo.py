@@ -1,11 +1,12 @@
 """DPO training of one LoRA adapter per source, all with the same settings.
 
-Each source's adapter pi_l is trained by TRL's DPOTrainer against the base pi_0 (the reference is
-the same model with the adapter switched off: no second copy in memory), minimising
+Each source's adapter pi_l is trained against the base pi_0 (the reference is the same model with
+the adapter switched off: no second copy in memory), minimising
 
     -log sigmoid( beta * [ log pi_l(y+|x)/pi_0(y+|x) - log pi_l(y-|x)/pi_0(y-|x) ] )
 
-over the source's training pairs. Every source shares the base, beta, LoRA shape, optimiser,
+(or its robust form) over the source's training pairs: on every layer by TRL's DPOTrainer, or, with
+`train_layers`, on the top layers over a frozen trunk computed once per pair (`top_layers`). Every source shares the base, beta, LoRA shape, optimiser,
 schedule, epochs and lengths; only the data and the seed differ, and the seed is derived from the
 run seed and the source's name, so a source trains the same alone, in a batch or after a relaunch.
 With `seeds` k > 1 each source also trains under k - 1 further seeds (adapters `<source>@seed2`, ...):
@@ -31,6 +32,8 @@ from .pairs import dropped_warning, select_pairs
 from .settings import TrainConfig, TrainingError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..data.preferences import PreferencePair
     from ..lm.models import LoadedModel
     from ..progress import Reporter
@@ -92,6 +95,8 @@ def _dpo_config(config: TrainConfig, seed: int, output_dir: str, use_cpu: bool):
         weight_decay=config.weight_decay,
         max_length=config.max_length,
         beta=config.beta,
+        loss_type=[config.loss_type],
+        label_smoothing=config.label_smoothing,
         precompute_ref_log_probs=config.precompute_ref,
         bf16=config.precision == "bfloat16",  # autocast; the weights keep the model's dtype
         use_cpu=use_cpu,
@@ -125,29 +130,57 @@ def _trainer(reporter: Reporter, name: str, batches: int) -> type:
 
 @contextmanager
 def _no_trl_bar() -> Iterator[None]:
-    """TRL's own bar over the reference pass writes a line per update into a job's log: off while the trainer is built."""
+    """TRL's own bar over the reference pass, and the datasets library's over its preparation, write
+    lines into a job's log: off while the trainer is built."""
+    from datasets.utils import disable_progress_bars, enable_progress_bars
+
     before = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
+    disable_progress_bars()
     try:
         yield
     finally:
+        enable_progress_bars()
         if before is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = before
 
 
-def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], config: TrainConfig, seed: int,
-                reporter: Reporter) -> tuple[Any, dict[str, Any]]:
-    """Train a LoRA adapter on `loaded.model` by DPO; the trained PeftModel and its record.
-
-    The reference is `loaded.model` itself with the adapter off: the base for a source's adapter,
-    or a model with earlier adapters merged into its weights for a later stage of sequential DPO.
-    """
+def _fit_with_trl(loaded: LoadedModel, name: str, rows: list[dict[str, Any]], config: TrainConfig, seed: int,
+                  reporter: Reporter) -> tuple[Any, list[dict[str, Any]]]:
+    """Every layer's LoRA adapter by TRL's DPOTrainer; the PeftModel and its curve (one point a step)."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
 
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_targets, task_type="CAUSAL_LM")
+    history: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="valuation-train-") as scratch, _no_trl_bar():
+        trainer = _trainer(reporter, name, -(-len(rows) // config.batch_size))(
+            model=loaded.model,
+            args=_dpo_config(config, seed, scratch, use_cpu=loaded.device.type == "cpu"),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=loaded.tokenizer,
+            peft_config=lora,  # the reference is this model with the adapter disabled
+            callbacks=[_progress_callback(reporter, name, history)],
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return trainer.model, history
+
+
+def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], config: TrainConfig, seed: int,
+                reporter: Reporter, cache: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train a LoRA adapter on `loaded.model` by DPO; the trained PeftModel and its record.
+
+    The reference is `loaded.model` itself with the adapter off: the base for a source's adapter,
+    or a model with earlier adapters merged into its weights for a later stage of sequential DPO.
+    With `config.train_layers` the adapter sits on the top layers only and trains over the frozen
+    trunk (`top_layers`), kept in `cache` when given (only for a model that is the base itself: the
+    cache knows a model by its name); else TRL trains it on every layer.
+    """
     started = time.time()
     selected = select_pairs(pairs, loaded.tokenizer, config)
     if not selected.rows:
@@ -161,22 +194,14 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
     warning = dropped_warning({name: (len(selected.rows), selected.dropped)})
     if warning:
         reporter.log(f"warning: {warning}")
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_targets, task_type="CAUSAL_LM")
-    history: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="valuation-train-") as scratch, _no_trl_bar():
-        trainer = _trainer(reporter, name, -(-len(selected.rows) // config.batch_size))(
-            model=loaded.model,
-            args=_dpo_config(config, seed, scratch, use_cpu=loaded.device.type == "cpu"),
-            train_dataset=Dataset.from_list(selected.rows),
-            processing_class=loaded.tokenizer,
-            peft_config=lora,  # the reference is this model with the adapter disabled
-            callbacks=[_progress_callback(reporter, name, history)],
-        )
-        trainer.remove_callback(PrinterCallback)
-        reporter.event("source_start", source=name, pairs=len(selected.rows), truncated=selected.truncated,
-                       dropped=selected.dropped)
-        trainer.train()
+    reporter.event("source_start", source=name, pairs=len(selected.rows), truncated=selected.truncated,
+                   dropped=selected.dropped)
+    if config.train_layers:
+        from .top_layers import fit_top_layers  # torch: only when training
+
+        model, history = fit_top_layers(loaded, name, selected.rows, config, seed, reporter, cache)
+    else:
+        model, history = _fit_with_trl(loaded, name, selected.rows, config, seed, reporter)
     final = history[-1] if history else {}
     record = {
         "source": name,
@@ -188,9 +213,9 @@ def fit_adapter(loaded: LoadedModel, name: str, pairs: list[PreferencePair], con
         "pairs_used": len(selected.rows),
         "pairs_truncated": selected.truncated,  # kept, their prompt cut to its end
         "pairs_dropped_by_length": selected.dropped,
-        "steps": trainer.state.global_step,
+        "steps": len(history),
         "final": {k: final.get(k) for k in ("loss", "accuracy", "margin")},
         "history": history,
         "wall_time_s": round(time.time() - started, 1),
     }
-    return trainer.model, record
+    return model, record

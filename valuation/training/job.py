@@ -1,7 +1,7 @@
 """The train job: every chosen source's adapters (one per training seed) that are not trained yet,
 one after another here or all at once on a Ray cluster (`training.cluster`), each saved whole
 (`lm.adapters.save_adapter`) before the next starts, so a relaunch trains only what is missing;
-then every adapter judged on held-out pairs (`rewards.verdicts`)."""
+then every adapter judged on held-out pairs (`training.verdicts`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import settings_of
 from ..lm.adapters import (check_adapter_name, install_adapter, read_record, remove_partial_adapters, save_adapter,
                            seed_adapter, trained_adapters)
-from ..rewards.verdicts import adapter_verdicts
+from .verdicts import adapter_verdicts
 from .dpo import adapter_inputs, fit_adapter
 from .settings import TrainConfig, TrainingError
 
@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 
 def train_source(context: RunContext, adapter: str, config: TrainConfig, reporter: Reporter) -> dict[str, Any]:
     """Train one adapter (a source's, under one of its seeds) on a fresh copy of the base and save it with its record."""
+    from ..lm.trunk import trunk_cache  # torch: only when training
+
     pairs, seed = adapter_inputs(context, adapter)
-    model, record = fit_adapter(context.fresh_model(), adapter, pairs, config, seed, reporter)
+    model, record = fit_adapter(context.fresh_model(), adapter, pairs, config, seed, reporter,
+                                cache=trunk_cache(context.run))
     save_adapter(model, context.run, adapter, record)
     return saved(adapter, record, reporter)
 

@@ -38,6 +38,12 @@ class TrainConfig:
     lora_alpha: int = helped(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = helped(0.0, "Dropout on the LoRA input.")
     lora_targets: list[str] = helped(ATTENTION_PROJECTIONS, "Modules that get a LoRA update (default: the attention projections).")
+    train_layers: int = helped(0, "Adapt only the top N decoder layers: the frozen layers below run once per pair (kept in the "
+                                  "run's cache) and every step runs the top N alone. 0: every layer, trained by TRL's "
+                                  "DPOTrainer.")
+    loss_type: str = helped("sigmoid", "'sigmoid' (DPO) or 'robust' (rDPO: DPO corrected for labels flipped at rate "
+                                       "label_smoothing). Both keep the reference-relative form the arithmetic needs.")
+    label_smoothing: float = helped(0.0, "The share of flipped labels the 'robust' loss corrects for, in [0, 0.5).")
     precision: str = helped("bfloat16", "'bfloat16' (float32 weights, bfloat16 autocast: faster here and on GPUs) or 'float32'.")
     precompute_ref: bool = helped(True, "Compute the reference log-probs once before training (a step costs about 1/4 less).")
 
@@ -61,6 +67,14 @@ class TrainConfig:
             raise ConfigError(f"training.scheduler={self.scheduler!r}: use cosine, linear or constant.")
         if self.precision not in ("bfloat16", "float32"):
             raise ConfigError(f"training.precision={self.precision!r}: use bfloat16 or float32.")
+        if self.train_layers < 0:
+            raise ConfigError(f"training.train_layers must be 0 (every layer) or positive, got {self.train_layers}.")
+        if self.loss_type not in ("sigmoid", "robust"):
+            raise ConfigError(f"training.loss_type={self.loss_type!r}: use sigmoid or robust (losses without a reference "
+                              "model, such as SimPO or ORPO, would break the arithmetic).")
+        if not 0 <= self.label_smoothing < 0.5 or (self.label_smoothing and self.loss_type != "robust"):
+            raise ConfigError(f"training.label_smoothing={self.label_smoothing}: it must lie in [0, 0.5), and only the "
+                              "robust loss uses it.")
         if not self.lora_targets:
             raise ConfigError("training.lora_targets is empty: name the modules to adapt, e.g. q_proj v_proj.")
 

@@ -26,7 +26,7 @@ from ..evaluation.store import EvaluationStore
 from ..games.values import ValuationConfig
 from ..lm.adapters import read_record, trained_adapters, trained_sources
 from ..rewards.cards import accuracy_table, at_chance
-from ..rewards.verdicts import read_verdicts
+from ..training.verdicts import read_verdicts
 from ..runs import Run, RunError
 
 EVALUATION_SETTINGS = ("method", "permutations", "seed")  # what the evaluation decided about which coalitions exist

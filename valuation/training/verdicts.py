@@ -1,0 +1,104 @@
+"""Did each adapter learn? Every trained adapter judged on up to VERDICT_PAIRS pairs of its own
+source that it never trained on (`data.splits.verdict_pairs`), by its implicit reward margin
+against the base (`heldout.judged`), and the verdicts kept beside the adapters:
+
+    <run>/adapters/heldout.csv    source, pairs, accuracy and margin with their 95% intervals, verdict
+    <run>/adapters/heldout.json   what produced them, and the base's log-likelihoods on each source's pairs
+
+The pairs are read as training read them (prompt cut to its end, reply closed and cut to the
+length), through the frozen trunk (`lm.trunk`): the lower layers once per pair for the base and
+every adapter (kept in the run's cache), the base's log-likelihoods once per run, and each adapter
+runs only the layers it changed.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.splits import verdict_pairs
+from ..lm.adapters import adapters_dir, load_adapters, read_record, source_and_replica, trained_adapters
+from ..storage import atomic_write_json, atomic_write_text, digest
+from ..rewards.heldout import judged
+from .pairs import select_pairs
+from .settings import TrainConfig
+
+if TYPE_CHECKING:
+    from ..progress import Reporter
+    from ..runs import Run
+    from ..runtime.context import RunContext
+
+
+VERDICTS_FILE = "heldout.csv"  # in <run>/adapters/, beside the adapters it judges
+VERDICT_PAIRS = 256  # pairs per source: enough to see an adapter at 55-60% accuracy; fewer are said to be too few
+
+
+def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: int = VERDICT_PAIRS) -> pd.DataFrame:
+    """Per trained adapter, on up to `pairs_per_source` pairs of its source that no adapter of it
+    trained on, read as it was trained: preference accuracy and implicit reward margin against the
+    base, with 95% intervals, and a verdict: 'learned' when the margin's interval lies above 0,
+    'learned the opposite' below it, else 'indistinguishable from the base' (saying so when too few
+    pairs were left to judge a weak effect). Written to adapters/heldout.csv, kept while the adapters are."""
+    from ..lm.trunk import cached_trunk_states, judged_replies, precision, trunk_cache  # torch: only when judging
+    from .top_layers import first_trained_layer, pair_tokens
+
+    adapters = trained_adapters(context.run)  # each source's, and those under further seeds
+    path = adapters_dir(context.run) / VERDICTS_FILE
+    records = {a: read_record(context.run, a) for a in adapters}
+    key = digest({a: digest(records[a]) for a in adapters} | {"pairs": pairs_per_source, "rule": "unread, trunk"})
+    kept = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+    if path.exists() and kept.get("key") == key:
+        return pd.read_csv(path)
+    by_source: dict[str, list[str]] = {}
+    for adapter in adapters:
+        by_source.setdefault(source_and_replica(adapter)[0], []).append(adapter)
+    base, tokenizer = context.base, context.base.tokenizer
+    plan, bases = {}, kept.get("base", {})
+    for source, seeds in by_source.items():  # every adapter of a source shares its settings and pairs
+        record = records[seeds[0]]
+        settings = TrainConfig(**{k: v for k, v in record["settings"].items() if k in TrainConfig.__dataclass_fields__})
+        read = max(records[a]["pairs_used"] + records[a].get("pairs_dropped_by_length", 0) for a in seeds)
+        pairs = verdict_pairs(source, context.data, context.split, context.config.data, read)
+        rows = select_pairs(pairs, tokenizer, replace(settings, max_pairs=pairs_per_source)).rows
+        tokens = pair_tokens(rows, tokenizer, settings.max_length)
+        first = first_trained_layer(base.model, settings)
+        with _base_only(base.model), precision(settings.precision, base.device):
+            trunks = cached_trunk_states(base.model, base.name, tokens, first, trunk_cache(context.run),
+                                         progress=reporter.stage(f"{source}: held-out pairs, lower layers"))
+            tokens_key = digest({"model": base.name, "first": first, "ids": tokens.ids})
+            if bases.get(source, {}).get("tokens") != tokens_key:  # the base's log-likelihoods, once per run
+                scored = judged_replies(base.model, trunks, tokens, first,
+                                        progress=reporter.stage(f"{source}: held-out pairs, base")).tolist()
+                bases[source] = {"tokens": tokens_key, "log_likelihoods": scored}
+        plan[source] = (seeds, settings, first, tokens, trunks)
+    model = load_adapters(base, context.run, adapters, records=records)
+    table = []
+    for source, (seeds, settings, first, tokens, trunks) in plan.items():
+        reference = np.array(bases[source]["log_likelihoods"])
+        for adapter in seeds:
+            model.set_adapter(adapter)
+            with precision(settings.precision, base.device):
+                scored = judged_replies(model, trunks, tokens, first, progress=reporter.stage(f"{adapter}: held-out pairs"))
+            gain = scored.numpy() - reference  # log pi_l(y) - log pi_0(y), per response
+            margin = records[adapter]["beta"] * (gain[0::2] - gain[1::2])  # chosen, then rejected
+            table.append({"source": adapter, "pairs": len(margin), **judged(margin, enough=pairs_per_source)})
+    frame = pd.DataFrame(table)
+    atomic_write_text(path, frame.to_csv(index=False))
+    atomic_write_json(path.with_suffix(".json"), {"key": key, "base": bases})
+    return frame
+
+
+def _base_only(model: Any) -> Any:
+    """The base model itself: its adapters switched off while the context lasts, when it has any."""
+    return model.disable_adapter() if hasattr(model, "peft_config") else nullcontext()
+
+
+def read_verdicts(run: Run) -> pd.DataFrame:
+    """The verdicts the last train job wrote (empty when none): source, pairs, accuracy, margin, their intervals, verdict."""
+    path = adapters_dir(run) / VERDICTS_FILE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
