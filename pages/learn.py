@@ -12,8 +12,12 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui import chart, current_run
+from valuation.errors import UserError
 from valuation.games.axioms import check_axioms, number
 from valuation.runs import Run
+from valuation.views.snapshot import RunSnapshot
+from valuation.views.values import target_valuations
+from valuation.views.findings import findings_text
 from valuation.views.figures import cost_figure, lattice_figure, simulation_figure, waterfall_figure
 from valuation.views.lesson import (
     ARITHMETIC_FORMULA,
@@ -45,6 +49,15 @@ AXIOMS = {
     "additivity": "The value of a source in two games added together is its value in one plus its value in the "
                   "other: that is why a weighted mix of helpfulness and harmlessness can be valued by mixing values.",
 }
+
+
+@st.cache_data(max_entries=4, show_spinner="Valuing the run's sources…")
+def cached_findings(run_path: str, stamps: tuple[float, ...]) -> list[str]:
+    snapshot = RunSnapshot(Run.at(run_path))
+    try:
+        return findings_text(snapshot, target_valuations(snapshot))
+    except UserError as error:
+        return [f"No finding to state: {error}"]
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -245,3 +258,14 @@ st.markdown(
     "finding yet: the Shapley page marks those whose interval excludes zero as not yet checked against training "
     "noise. Read the Training page's verdicts too: an adapter indistinguishable from the base gives a value that is "
     "mostly noise.")
+
+st.header("8. What this run finds")
+if game.is_example:
+    st.markdown("The example game is made up, so it finds nothing about any data. Once a run has coalition utilities, "
+                "this section says in words which of its values survive: an interval that excludes zero, on an "
+                "objective whose reward model is not at chance, checked by a second training seed.")
+else:
+    st.markdown("Only the values that survive every caveat of the Shapley page: an interval that excludes zero, on an "
+                "objective whose reward model is not at chance, checked by a second training seed.")
+    st.markdown("\n".join(f"- {sentence}" for sentence in cached_findings(str(snapshot.run.path),
+                                                                         snapshot.store.stamps())))

@@ -111,6 +111,10 @@ def test_learn_page_plays_the_runs_game(tmp_path: Path, monkeypatch: pytest.Monk
     # the values the Shapley page computes exactly, on the mean utility over prompts
     expected = value_sources(run_table(run)).shapley
     np.testing.assert_allclose(shown_values(at)[list(expected.players)], expected.values[:, 0], atol=1e-12)
+    # What the run finds, in words (utilities without adapters: no training noise to check)
+    said = " ".join(m.value for m in at.markdown)
+    assert "8. What this run finds" in [h.value for h in at.header]
+    assert "- strong adds to helpfulness (direct sampling of every coalition): +" in said and "- noise" not in said
 
 
 def test_learn_page_on_a_run_without_utilities_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,6 +121,7 @@ def test_one_seed_gives_no_finding_until_a_second_seed_checks_it(tmp_path, capsy
     from helpers import additive_prompt_frame, write_utilities
     from valuation.report.document import report_html
     from valuation.views.caveats import UNCHECKED, run_caveats, unchecked
+    from valuation.views.findings import findings, findings_text
 
     run = random_adapter_run(tmp_path, "one-seed", SOURCES)  # trained adapters, one seed each
     write_utilities(run.path, additive_prompt_frame())  # 'strong' adds about 1: its interval excludes zero
@@ -133,15 +134,24 @@ def test_one_seed_gives_no_finding_until_a_second_seed_checks_it(tmp_path, capsy
     assert cli.main(["shapley", "--run", str(run.path)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[:6] if line.startswith("  ")}
     assert "not yet checked against training noise" in rows["strong"] and "spans zero" in rows["noise"]
-    assert "not yet checked against training noise (one training seed)" in report_html(run)
+    assert "not yet checked against training noise (one training seed)" in (html := report_html(run))
+    assert "What the run finds" in html and "No finding yet: each source has one adapter" in html
+    assert findings_text(snapshot, {"direct": valuation})[0].startswith("No finding yet: each source has one adapter")
 
     # A second seed that agrees: the intervals now hold the seeds' spread, and 'strong' is a finding.
     additive_prompt_frame(seed=0).to_csv(store(run).table_path("utilities", 1), index=False)
     snapshot = RunSnapshot(run)
     valuation = value_sources(snapshot.store.load())
     assert valuation.shapley.seeds == 2 and not unchecked(run_caveats(snapshot, {"direct": valuation}))
+    found = findings(snapshot, {"direct": valuation})
+    assert {(f.source, f.objective) for f in found} == {(s, o) for s in ("strong", "weak") for o in ("helpfulness", "harmlessness")}
+    assert all(f.agreeing == 2 for f in found)  # 'noise', exactly zero on average, is no finding
+    said = findings_text(snapshot, {"direct": valuation})
+    assert "strong takes from harmlessness (direct sampling of every coalition): -0.4" in " ".join(said)
+    assert said[0].endswith("the same sign under each of its 2 training seeds alone")
     assert cli.main(["shapley", "--run", str(run.path)]) == 0
-    assert "not yet checked" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not yet checked" not in out and "findings:\n- strong adds to helpfulness" in out
 
 
 def test_two_sources_with_identical_pairs_are_no_finding_at_the_default_settings(tmp_path, capsys) -> None:

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..games.values import read_table, value_sources
     from ..runs import Run
     from ..views.caveats import run_caveats, value_caveats
+    from ..views.findings import findings_text
     from ..views.snapshot import RunSnapshot
 
     given = {name: getattr(args, name) for name in EVALUATION_SETTINGS if getattr(args, name) is not None}
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
                          indent=2))
     else:
         print(format_table(valuation, caveats, accuracies))
+        if args.run:  # what survives every caveat, in words
+            found = findings_text(snapshot, {args.target or snapshot.store.primary(): valuation})
+            print("\nfindings:\n" + "\n".join(f"- {sentence}" for sentence in found))
     return 0
 
 

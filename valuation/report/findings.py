@@ -9,6 +9,7 @@ import pandas as pd
 from ..games.values import Valuation
 from ..views.caveats import AT_CHANCE, run_caveats, unchecked
 from ..views.figures import bars_figure, scatter_figure
+from ..views.findings import findings_text
 from ..views.snapshot import RunSnapshot
 from ..views.values import TARGET_LABELS, objective_pair, reading
 from .html import Charts, bullets, paragraph, section, subheading, table, with_interval
@@ -52,7 +53,8 @@ def values_section(snapshot: RunSnapshot, valuations: dict[str, Valuation], char
                                                               "adapters, then evaluate the coalitions.")])
     main, valuation = next(iter(valuations.items()))
     not_yet = unchecked(run_caveats(snapshot, valuations))
-    parts = [paragraph(coverage_sentence(snapshot, valuation, main)), *figures_parts(snapshot, valuation, charts)]
+    parts = [subheading("What the run finds"), bullets(findings_text(snapshot, valuations), "findings"),
+             paragraph(coverage_sentence(snapshot, valuation, main)), *figures_parts(snapshot, valuation, charts)]
     for target, each in valuations.items():
         frame = each.values_frame()
         shown = frame[~frame.objective.isin(snapshot.at_chance)]

@@ -54,11 +54,12 @@ def saved(source: str, record: dict[str, Any], reporter: Reporter) -> dict[str, 
 
 def _settings_conflicts(context: RunContext, kept: list[str], config: TrainConfig) -> dict[str, list[str]]:
     """Kept adapters trained with other settings: source -> the fields that differ."""
-    wanted = settings_of(config)
+    wanted, defaults = settings_of(config), settings_of(TrainConfig())
     conflicts = {}
     for source in kept:
         used = read_record(context.run, source).get("settings", {})
-        differing = [name for name in wanted if used.get(name) != wanted[name]]
+        # A setting added since an adapter was trained is recorded by its default, which is what it did then.
+        differing = [name for name in wanted if used.get(name, defaults[name]) != wanted[name]]
         if differing:
             conflicts[source] = differing
     return conflicts

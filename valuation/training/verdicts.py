@@ -14,6 +14,7 @@ runs only the layers it changed.
 from __future__ import annotations
 
 import json
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
     kept = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
     if path.exists() and kept.get("key") == key:
         return pd.read_csv(path)
+    started = time.time()
     by_source: dict[str, list[str]] = {}
     for adapter in adapters:
         by_source.setdefault(source_and_replica(adapter)[0], []).append(adapter)
@@ -89,7 +91,8 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
             table.append({"source": adapter, "pairs": len(margin), **judged(margin, enough=pairs_per_source)})
     frame = pd.DataFrame(table)
     atomic_write_text(path, frame.to_csv(index=False))
-    atomic_write_json(path.with_suffix(".json"), {"key": key, "base": bases})
+    atomic_write_json(path.with_suffix(".json"), {"key": key, "seconds": round(time.time() - started, 1), "base": bases})
+    reporter.log(f"verdicts: {len(adapters)} adapter(s) judged in {time.time() - started:.0f} s")
     return frame
 
 
