@@ -120,9 +120,9 @@ def pooled_only(root: Path, n: int, prompts: int, tokens: int, per_anchor: int) 
     evaluated = time.monotonic() - started
     started = time.monotonic()
     snapshot = RunSnapshot(run)
-    valuation = value_sources(snapshot.store.load(), snapshot.valuation_config)
+    values = value_sources(snapshot.store.load(), snapshot.valuation_config)
     return {"n": n, "coalitions": 2 ** n, "pooled evaluation s": evaluated,
-            "exact Shapley with bootstrap s": time.monotonic() - started, "method": valuation.shapley.describe()}
+            "exact Shapley with bootstrap s": time.monotonic() - started, "method": values.shapley.describe()}
 
 
 def main() -> None:

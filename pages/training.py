@@ -42,8 +42,9 @@ busy = status is not None and status.active
 with st.container(border=True):
     st.subheader("Launch")
     preset = st.segmented_control("Preset", list(PRESETS), default="quick", disabled=busy,
-                                  help="quick: a CPU in minutes (a couple hundred pairs a source, short sequences). "
-                                       "paper: a GPU, every pair, longer sequences.") or "quick"
+                                  help="quick: a CPU in minutes (the top 4 layers over a cached trunk, up to 1,024 "
+                                       "pairs a source of 96 tokens, seen once). paper: a GPU, every layer, every "
+                                       "pair, longer sequences.") or "quick"
     trained = snapshot.trained
     sources = st.multiselect("Sources", all_sources, default=all_sources, disabled=busy,
                              help="Sources already trained are skipped unless you retrain them.")
@@ -95,9 +96,8 @@ def training_progress(status: JobStatus | None) -> None:
 
 
 st.subheader("Job")
-came_with = ("These are the shipped demo's adapters, trained by `python -m valuation demo` before this project was "
-             "packaged, under the quick preset of the time (learning rate 1e-3 in steps of 4 pairs, prompts too long for "
-             "the cap dropped, not cut): their curves are below." if run.name == DEMO_NAME else
+came_with = ("These are the shipped demo's adapters, trained by `python -m valuation demo` (the quick preset, 3 seeds) "
+             "before this project was packaged: their curves are below." if run.name == DEMO_NAME else
              "These adapters were trained before this run's last job record: their curves are below.")
 job_panel(run, "train", status, details=training_progress, no_job=came_with if snapshot.trained else None)
 

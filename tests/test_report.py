@@ -138,6 +138,7 @@ def commands_of(report: str) -> list[list[str]]:
 
 def test_the_commands_parse_and_give_back_the_recorded_settings(demo, report):
     from valuation.lm.adapters import read_record
+    from valuation.training.settings import recorded_settings
 
     commands = commands_of(report)
     assert commands[0][0] == "VALUATION_MODEL=embedded"
@@ -145,7 +146,7 @@ def test_the_commands_parse_and_give_back_the_recorded_settings(demo, report):
     assert names == ["sources", "train", "rewards", "evaluate", "validate", "shapley", "report"]
     parsed = {name: build_parser().parse_args(c[c.index("valuation") + 1:]) for name, c in zip(names, commands)}
     train = job_config("train", parsed["train"].preset, **overrides_from(parsed["train"], JOBS["train"].config))
-    recorded = read_record(demo, "helpful-base")["settings"]  # settings added since are at their defaults
+    recorded = recorded_settings(read_record(demo, "helpful-base"))  # with the settings it predates
     assert {k: v for k, v in settings_of(train).items() if k in recorded} == recorded
     evaluate = job_config("evaluate", parsed["evaluate"].preset,
                           **overrides_from(parsed["evaluate"], JOBS["evaluate"].config))

@@ -170,7 +170,9 @@ def test_two_sources_with_identical_pairs_are_no_finding_at_the_default_settings
     data = DataConfig(dataset=str(write_jsonl(tmp_path / "twins.jsonl", rows)), eval_prompts=4)
     run = create_run("twins", RunConfig(model=ModelConfig(name="tiny"), data=data), root=tmp_path)
     record_sources(run, data)
-    train = job_config("train", max_pairs=8, batch_size=4, gradient_accumulation=1, max_length=64, max_prompt_length=32)
+    # The default recipe's shape, scaled to the tiny model: its top layer of 2 over the cached trunk.
+    train = job_config("train", train_layers=1, max_pairs=8, batch_size=4, gradient_accumulation=1, max_length=64,
+                       max_prompt_length=32)
     assert train.seeds == 1  # the default
     run_job(run, "train", train)
     run_job(run, "evaluate", EvaluationConfig(estimator="direct", prompts=4, samples=1, max_new_tokens=3))

@@ -28,7 +28,7 @@ from valuation.views.snapshot import RunSnapshot
 
 SOURCES = ["harmless-base", "helpful-base"]
 # Seconds per source on the tiny model: two or three optimiser steps on short sequences.
-TINY = {"max_pairs": 4, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48, "epochs": 1.0}
+TINY = {"train_layers": 1, "max_pairs": 4, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48, "epochs": 1.0}
 
 
 @pytest.fixture
@@ -45,8 +45,10 @@ def tiny(**overrides) -> TrainConfig:
 def test_presets_overrides_and_validation() -> None:
     quick = job_config("train")
     assert (quick.beta, quick.lora_r, quick.lora_alpha) == (0.1, 8, 16)
-    assert quick.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert job_config("train", "paper").max_pairs == 0  # whole sources
+    assert quick.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert quick.train_layers == 4  # the top 4 layers over a cached trunk
+    paper = job_config("train", "paper")
+    assert (paper.max_pairs, paper.train_layers) == (0, 0)  # whole sources, every layer
     assert job_config("train", epochs=2, max_pairs=10).epochs == 2.0
     with pytest.raises(ConfigError, match="max_prompt_length"):
         job_config("train", max_length=64, max_prompt_length=64)
@@ -226,3 +228,19 @@ def test_verdict_pairs_are_every_pair_no_adapter_read_the_eval_part_first() -> N
     trained = {p.prompt_key for p in split.train["helpful-base"][:100]}
     assert all(p.source == "helpful-base" and p.prompt_key not in trained for p in pairs)
     assert {p.pair_id for p in split.train["helpful-base"][100:110]} <= {p.pair_id for p in pairs}  # never read
+
+
+def test_an_adapter_recorded_before_a_setting_existed_reads_as_what_it_did_then(run: Run) -> None:
+    """Records written before `train_layers` and the loss settings existed trained every layer with
+    the sigmoid loss: a relaunch keeps them under those settings and refuses the new default."""
+    every_layer = tiny(sources=["helpful-base"], train_layers=0)
+    assert cli.main(command(run, "train", every_layer)) == 0
+    path = adapter_dir(run, "helpful-base") / "training.json"
+    record = json.loads(path.read_text())
+    for name in ("train_layers", "loss_type", "label_smoothing"):
+        del record["settings"][name]
+    path.write_text(json.dumps(record))
+    assert cli.main(command(run, "train", every_layer)) == 0
+    assert [p.state for p in source_progress(job_status(run).events)] == ["skipped"]
+    assert cli.main(command(run, "train", tiny(sources=["helpful-base"]))) == 2  # the top layer alone: other settings
+    assert "train_layers" in job_status(run).error

@@ -54,7 +54,7 @@ TINY = job_config("validate", training_preset="tiny", max_pairs=4, epochs=[1.0],
 def tiny_training():
     """Training settings for the tiny model: one optimiser step per adapter, short sequences."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(TRAINING_PRESETS, "tiny", TrainConfig(batch_size=8, max_length=64, max_prompt_length=48,
+        patch.setitem(TRAINING_PRESETS, "tiny", TrainConfig(batch_size=8, max_length=64, max_prompt_length=48, train_layers=1,
                                                             precompute_ref=False, warmup_ratio=0.0, learning_rate=1e-2))
         yield
 

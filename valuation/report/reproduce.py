@@ -15,7 +15,7 @@ from ..jobs.registry import command, shown_path
 from ..lm.adapters import trained_seeds
 from ..rewards.job import RewardJobConfig
 from ..runs import Run
-from ..training.settings import TrainConfig
+from ..training.settings import TrainConfig, recorded_settings
 from ..validation.settings import recorded_config, result_folders
 from ..views.snapshot import RunSnapshot
 from .html import bullets, code_block, paragraph, section
@@ -42,7 +42,7 @@ def train_configs(snapshot: RunSnapshot) -> list[Any]:
     they are not all of the run's)."""
     groups: dict[str, list[str]] = {}
     for source in snapshot.trained:
-        settings = snapshot.records[source].get("settings", {})
+        settings = recorded_settings(snapshot.records[source])
         groups.setdefault(json.dumps(settings, sort_keys=True), []).append(source)
     seeds, all_sources = trained_seeds(snapshot.run, snapshot.trained), snapshot.sources
     return [from_dict(TrainConfig, {**json.loads(settings), **({} if set(sources) == set(all_sources) else {"sources": sources}),

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..evaluation.job import read_prompts_file
 from ..rewards.cards import describe_card
 from ..training.progress import adapter_table
+from ..training.settings import recorded_settings
 from ..views.snapshot import RunSnapshot
 from .html import bullets, esc, paragraph, section, subheading, table, with_interval
 
@@ -83,10 +84,10 @@ def sources_section(snapshot: RunSnapshot) -> str:
 
 def shared_settings(records: dict[str, dict[str, Any]]) -> list[list[str]]:
     """One row per training setting: its value, or each adapter's where they differ."""
-    keys = list(dict.fromkeys(key for record in records.values() for key in record.get("settings", {})))
+    settings = {source: recorded_settings(record) for source, record in records.items()}
     rows = []
-    for key in keys:
-        values = {source: json.dumps(record.get("settings", {}).get(key)) for source, record in records.items()}
+    for key in dict.fromkeys(key for used in settings.values() for key in used):
+        values = {source: json.dumps(used.get(key)) for source, used in settings.items()}
         same = len(set(values.values())) == 1
         rows.append([key, next(iter(values.values())) if same else
                      "differs: " + ", ".join(f"{s} {v}" for s, v in values.items())])

@@ -12,7 +12,7 @@ from ..lm.adapters import (check_adapter_name, install_adapter, read_record, rem
                            seed_adapter, trained_adapters)
 from .verdicts import adapter_verdicts
 from .dpo import adapter_inputs, fit_adapter
-from .settings import TrainConfig, TrainingError
+from .settings import TrainConfig, TrainingError, recorded_settings
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -54,12 +54,11 @@ def saved(source: str, record: dict[str, Any], reporter: Reporter) -> dict[str, 
 
 def _settings_conflicts(context: RunContext, kept: list[str], config: TrainConfig) -> dict[str, list[str]]:
     """Kept adapters trained with other settings: source -> the fields that differ."""
-    wanted, defaults = settings_of(config), settings_of(TrainConfig())
+    wanted = settings_of(config)
     conflicts = {}
     for source in kept:
-        used = read_record(context.run, source).get("settings", {})
-        # A setting added since an adapter was trained is recorded by its default, which is what it did then.
-        differing = [name for name in wanted if used.get(name, defaults[name]) != wanted[name]]
+        used = recorded_settings(read_record(context.run, source))
+        differing = [name for name in wanted if used.get(name) != wanted[name]]
         if differing:
             conflicts[source] = differing
     return conflicts

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import ConfigError, helped
 from ..errors import UserError
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LINEAR_PROJECTIONS = [*ATTENTION_PROJECTIONS, "gate_proj", "up_proj", "down_proj"]
 
 
 class TrainingError(UserError):
@@ -21,7 +23,7 @@ class TrainConfig:
     seeds: int = helped(1, "Adapters per source, each under its own training seed: 2 or more average the values over "
                            "seeds and put training noise in the intervals (each seed costs one more training of every "
                            "source, and each more pooled evaluation scoring pass).", setting=False)
-    max_pairs: int = helped(120, "Training pairs per source, taken in the split's seeded order (0: every pair of the split).")
+    max_pairs: int = helped(1024, "Training pairs per source, taken in the split's seeded order (0: every pair of the split).")
     epochs: float = helped(1.0, "Passes over each source's pairs.")
     learning_rate: float = helped(4e-3, "Peak AdamW learning rate (LoRA wants far more than full fine-tuning's 1e-6).")
     batch_size: int = helped(4, "Preference pairs per forward pass.")
@@ -29,16 +31,17 @@ class TrainConfig:
     warmup_ratio: float = helped(0.1, "Share of the steps spent warming the learning rate up from zero.")
     scheduler: str = helped("cosine", "Learning-rate schedule after warm-up: 'cosine', 'linear' or 'constant'.")
     weight_decay: float = helped(0.0, "AdamW weight decay.")
-    max_length: int = helped(128, "Tokens of prompt plus reply; a longer reply is cut at the end.")
-    max_prompt_length: int = helped(80, "Prompt tokens (through the chat template): a longer prompt keeps its last user turn "
+    max_length: int = helped(96, "Tokens of prompt plus reply; a longer reply is cut at the end.")
+    max_prompt_length: int = helped(64, "Prompt tokens (through the chat template): a longer prompt keeps its last user turn "
                                         "and the earlier turns that fit, and a last user turn longer on its own keeps its "
                                         "end (cut from the left within the turn). Both are counted as truncated.")
     beta: float = helped(0.1, "DPO beta: the KL strength. Adapters combine only when trained with the same beta.")
     lora_r: int = helped(8, "LoRA rank.")
     lora_alpha: int = helped(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = helped(0.0, "Dropout on the LoRA input.")
-    lora_targets: list[str] = helped(ATTENTION_PROJECTIONS, "Modules that get a LoRA update (default: the attention projections).")
-    train_layers: int = helped(0, "Adapt only the top N decoder layers: the frozen layers below run once per pair (kept in the "
+    lora_targets: list[str] = helped(LINEAR_PROJECTIONS, "Modules that get a LoRA update (default: every linear projection "
+                                                        "of a layer, attention and MLP).")
+    train_layers: int = helped(4, "Adapt only the top N decoder layers: the frozen layers below run once per pair (kept in the "
                                   "run's cache) and every step runs the top N alone. 0: every layer, trained by TRL's "
                                   "DPOTrainer.")
     loss_type: str = helped("sigmoid", "'sigmoid' (DPO) or 'robust' (rDPO: DPO corrected for labels flipped at rate "
@@ -79,13 +82,23 @@ class TrainConfig:
             raise ConfigError("training.lora_targets is empty: name the modules to adapt, e.g. q_proj v_proj.")
 
 
-# `quick`: a CPU in minutes (four sources in under 20 minutes on 2 cores, measured): 120 pairs a
-# source, 1 epoch, learning rate 4e-3 in 15 steps of 8 pairs. At 1e-3 in 30 steps of 4 (the same
-# pairs, lengths and passes: the same CPU time) none of 8 adapters on the offline HH-RLHF subsets
-# (4 sources x 2 seeds) told held-out pairs apart from the base; at 4e-3, 1 of 4 did (bench/README.md).
-# `paper`: a GPU, whole sources, longer sequences, the paper's beta and LoRA shape.
+# What an adapter trained before a setting existed did, for records that lack it: TRL on every
+# layer, the sigmoid loss (a relaunch then keeps such adapters only under the same settings).
+SETTINGS_BEFORE_RECORDED = {"train_layers": 0, "loss_type": "sigmoid", "label_smoothing": 0.0}
+
+
+def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings an adapter's training record says it was trained with, those it predates included."""
+    return {**SETTINGS_BEFORE_RECORDED, **record.get("settings", {})}
+
+# `quick`: a CPU in minutes. The top 4 of the model's layers over a frozen trunk (run once per pair
+# and cached), LoRA on every linear projection, up to 1,024 pairs of 96 tokens seen once, learning
+# rate 4e-3 in steps of 8 pairs. On the offline HH-RLHF subsets 3 of 4 sources told 256 held-out
+# pairs apart from the base; the old preset (attention LoRA on every layer through TRL, 120 pairs of
+# 128 tokens) got 1 of 4, in about the CPU time of a first seed (bench/README.md, "Training recipes").
+# `paper`: a GPU, whole sources, longer sequences, every layer, the paper's beta and LoRA shape.
 PRESETS: dict[str, TrainConfig] = {
     "quick": TrainConfig(),
     "paper": TrainConfig(max_pairs=0, epochs=3.0, learning_rate=2e-4, batch_size=8, gradient_accumulation=2,
-                         max_length=512, max_prompt_length=384),
+                         max_length=512, max_prompt_length=384, train_layers=0, lora_targets=ATTENTION_PROJECTIONS),
 }
