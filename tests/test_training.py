@@ -244,3 +244,18 @@ def test_an_adapter_recorded_before_a_setting_existed_reads_as_what_it_did_then(
     assert [p.state for p in source_progress(job_status(run).events)] == ["skipped"]
     assert cli.main(command(run, "train", tiny(sources=["helpful-base"]))) == 2  # the top layer alone: other settings
     assert "train_layers" in job_status(run).error
+
+
+def test_sources_judged_on_one_trusted_held_out_set_share_the_base_scores(runs_dir: Path, tmp_path: Path) -> None:
+    """With a trusted held-out file every source is judged on the same gold pairs: the base scores them once."""
+    from helpers import table_rows, write_jsonl
+
+    data = DataConfig(dataset=str(write_jsonl(tmp_path / "vendors.jsonl", table_rows("a", 12) + table_rows("b", 12))),
+                      heldout_file=str(write_jsonl(tmp_path / "gold.jsonl", table_rows("gold", 16))))
+    gold_run = create_run("gold", RunConfig(model=ModelConfig(name="tiny"), data=data), root=runs_dir)
+    record_sources(gold_run, data)
+    assert cli.main(command(gold_run, "train", tiny())) == 0
+    verdicts = read_verdicts(gold_run)
+    assert list(verdicts.source) == ["a", "b"] and verdicts.pairs.nunique() == 1
+    stages = {e.get("stage") for e in job_status(gold_run).events}
+    assert "a: held-out pairs, base" in stages and "b: held-out pairs, base" not in stages

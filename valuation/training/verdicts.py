@@ -73,10 +73,11 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
             trunks = cached_trunk_states(base.model, base.name, tokens, first, trunk_cache(context.run),
                                          progress=reporter.stage(f"{source}: held-out pairs, lower layers"))
             tokens_key = digest({"model": base.name, "first": first, "ids": tokens.ids})
-            if bases.get(source, {}).get("tokens") != tokens_key:  # the base's log-likelihoods, once per run
-                scored = judged_replies(base.model, trunks, tokens, first,
-                                        progress=reporter.stage(f"{source}: held-out pairs, base")).tolist()
-                bases[source] = {"tokens": tokens_key, "log_likelihoods": scored}
+            # The base's log-likelihoods, once per run and set of pairs (a trusted held-out set judges every source).
+            known = {kept_base["tokens"]: kept_base["log_likelihoods"] for kept_base in bases.values()}
+            scored = known.get(tokens_key) or judged_replies(
+                base.model, trunks, tokens, first, progress=reporter.stage(f"{source}: held-out pairs, base")).tolist()
+            bases[source] = {"tokens": tokens_key, "log_likelihoods": scored}
         plan[source] = (seeds, settings, first, tokens, trunks)
     model = load_adapters(base, context.run, adapters, records=records)
     table = []
