@@ -94,8 +94,9 @@ def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
 # `quick`: a CPU in minutes. The top 4 of the model's layers over a frozen trunk (run once per pair
 # and cached), LoRA on every linear projection, up to 1,024 pairs of 96 tokens seen once, learning
 # rate 4e-3 in steps of 8 pairs. On the offline HH-RLHF subsets 3 of 4 sources told 256 held-out
-# pairs apart from the base; the old preset (attention LoRA on every layer through TRL, 120 pairs of
-# 128 tokens) got 1 of 4, in about the CPU time of a first seed (bench/README.md, "Training recipes").
+# pairs apart from the base under the first seed, 2 of 4 under each of three; the old preset
+# (attention LoRA on every layer through TRL, 120 pairs of 128 tokens) got 1 of 4 in about 2/3 of a
+# first seed's time (bench/README.md, "Training recipes").
 # `paper`: a GPU, whole sources, longer sequences, every layer, the paper's beta and LoRA shape.
 PRESETS: dict[str, TrainConfig] = {
     "quick": TrainConfig(),
