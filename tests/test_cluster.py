@@ -28,7 +28,7 @@ from valuation.runs import Run, create_run
 from valuation.data.sources import record_sources
 
 SOURCES = ["harmless-base", "helpful-base"]
-TRAIN = {"max_pairs": 8, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48}  # four steps a source
+TRAIN = {"train_layers": 1, "max_pairs": 8, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48}  # four steps a source
 
 
 # ---------------------------------------------------------------- settings, without a cluster

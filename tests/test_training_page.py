@@ -69,6 +69,7 @@ def test_a_running_job_shows_progress_and_locks_the_launch(runs_dir) -> None:
 def test_launch_then_cancel_from_the_page(runs_dir) -> None:
     run = create_run("go", RunConfig(model=ModelConfig(name="tiny"), data=DataConfig(sources=SOURCES)))
     at = open_page("go")
+    labelled(at.number_input, "train layers").set_value(1).run()  # the tiny model has 2 layers
     launch_button(at).click().run()
     assert not at.exception
     assert job_status(run).active and job_status(run).kind == "train"
