@@ -113,6 +113,7 @@ def test_train_generate_evaluate_and_read_values(page, app_url):
     open_page(page, "Training")
     open_expander(page, "Settings")
     set_number(page, "max pairs", 16)
+    set_number(page, "train layers", 1)  # the tiny model has 2 layers
     page.get_by_role("button", name="Launch training").click()
     wait_for_app(page)
     wait_for_job(page, "train")
