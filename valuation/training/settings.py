@@ -91,6 +91,7 @@ def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
     """The settings an adapter's training record says it was trained with, those it predates included."""
     return {**SETTINGS_BEFORE_RECORDED, **record.get("settings", {})}
 
+
 # `quick`: a CPU in minutes. The top 4 of the model's layers over a frozen trunk (run once per pair
 # and cached), LoRA on every linear projection, up to 1,024 pairs of 96 tokens seen once, learning
 # rate 4e-3 in steps of 8 pairs. On the offline HH-RLHF subsets 3 of 4 sources told 256 held-out
