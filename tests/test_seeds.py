@@ -85,6 +85,7 @@ def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, es
         valuation = value_sources(run_table(run, target))
         assert valuation.shapley.seeds == 2 and "2 training seeds" in valuation.shapley.describe()
         assert "average over 2 training seeds" in valuation.interval_note()
+        assert "over prompts only" not in valuation.interval_note()  # the seeds are in them too
     assert cli.main(["shapley", "--run", str(run.path), "--target", "preference"]) == 0  # the reward-free target
     assert "average over 2 training seeds" in capsys.readouterr().out
     mean = (first.set_index(["coalition", "prompt"]).helpfulness + second.set_index(["coalition", "prompt"]).helpfulness) / 2

@@ -107,7 +107,7 @@ class Valuation:
         spread = [f"{objective} ({count} heads)" for objective, count in shapley.reward_heads.items()]
         covered = ("The intervals cover the spread over prompts and over the reward model's training pairs (its "
                    f"head refit on bootstrap resamples) for {', '.join(spread)}" if spread
-                   else "The intervals cover the spread over prompts only")
+                   else "The intervals cover the spread over prompts" + (" only" if shapley.seeds == 1 else ""))
         reasons: dict[str, list[str]] = {}
         for objective, why in (heads.missing.items() if heads is not None else ()):
             if objective in self.objectives:
