@@ -14,9 +14,11 @@ from valuation.errors import UserError
 from valuation.jobs.background import job_status
 from valuation.jobs.registry import command, job_config, launch
 from valuation.validation.job import current_experiment
-from valuation.validation.results import accuracy_shapley, comparisons, method_shapley, scaling_summary
-from valuation.validation.settings import EXPERIMENTS, PRESETS, results_dir
-from valuation.views.figures import intervals_figure, kl_figure, method_values_figure, scaling_figure
+from valuation.validation.results import (accuracy_shapley, comparisons, method_shapley, retrain_agreement,
+                                          retrain_coalitions, retrain_findings, retrain_values, scaling_summary)
+from valuation.validation.settings import DEFAULT_EXPERIMENTS, EXPERIMENTS, PRESETS, results_dir
+from valuation.views.figures import (intervals_figure, kl_figure, method_values_figure, retrain_scatter_figure,
+                                     scaling_figure)
 
 st.title("Validate")
 st.caption("The method's claim: a coalition built by adding log-probabilities, log π_S = Σ log π_l + (1 − |S|) log π_0, "
@@ -35,7 +37,9 @@ left, middle, right = st.columns([1, 2, 2])
 preset = left.segmented_control("Preset", sorted(PRESETS), default="quick",
                                 help="quick: 2 CPU cores, under an hour (2 sources, 16 pairs, epochs 1/2/4); "
                                      "gpu: 3 sources, longer training, epochs up to 8.") or "quick"
-experiments = middle.multiselect("Experiments", EXPERIMENTS, default=list(EXPERIMENTS))
+experiments = middle.multiselect("Experiments", EXPERIMENTS, default=DEFAULT_EXPERIMENTS,
+                                 help="retrain trains one more adapter per coalition of up to 4 sources, with the "
+                                      "run's own training settings: 11 at 4 sources, hours on a CPU.")
 sources = right.multiselect("Sources of the training experiments", available,
                             help=f"Default: the run's first {PRESETS[preset].n_sources}. Every coalition of two or "
                                  "more is trained sequentially (both orders) and on pooled data.")
@@ -71,7 +75,8 @@ compared = comparisons(folder)
 by_method = method_shapley(folder)
 scaling = scaling_summary(folder)
 accuracy = accuracy_shapley(run)
-if compared.empty and scaling.empty and accuracy.empty:
+retrained = retrain_values(run)
+if compared.empty and scaling.empty and accuracy.empty and retrained.empty:
     st.info(f"No validation results for the {preset} preset yet: run the validation above.", icon=":material/verified:")
     st.stop()
 
@@ -130,3 +135,18 @@ if not scaling.empty:
                "accuracy: sampling generations for 256 coalitions would not fit this CPU.")
     chart(scaling_figure(scaling))
     st.dataframe(scaling, hide_index=True, width="stretch")
+
+if not retrained.empty:
+    st.subheader("6 · Retrained on every coalition's data, against the arithmetic and the weight merge")
+    st.caption("The method's claim at the level of the values. Every coalition of two or more sources got an adapter "
+               "of its own, trained on its members' pairs with the run's training settings and seeds; the same game "
+               "is then valued three ways on the same held-out pairs: **retrained**, **arithmetic** (adding "
+               "log-probabilities) and **merged** (one adapter holding the sum of the members' LoRA updates). The base "
+               "and each source alone are shared. Intervals: 95% over held-out pairs"
+               + (f" and {retrained.seeds.max()} training seeds." if retrained.seeds.max() > 1 else " (one training seed)."))
+    for line in retrain_findings(retrain_agreement(retrained)):
+        st.markdown(f"- {line}")
+    index = st.segmented_control("Value", ["shapley", "leave-one-out"], default="shapley", key="retrain_index") or "shapley"
+    chart(intervals_figure(retrained[retrained["index"] == index], color="method"))
+    st.markdown("**Every coalition's utility**, by each shortcut against retraining it (dotted: where they agree).")
+    chart(retrain_scatter_figure(retrain_coalitions(run)))

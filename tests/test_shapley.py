@@ -347,6 +347,21 @@ def test_bootstrap_width_zero_for_identical_prompts():
     assert not result.spans_zero().any()
 
 
+def test_leave_one_out_is_what_each_player_adds_last_with_its_own_intervals():
+    # Glove game, one left glove L and two right: L leaving loses the pair, either right glove
+    # leaving loses nothing (the other is still there). Shapley says 2/3, 1/6, 1/6.
+    players = ("L", "R1", "R2")
+    rng = np.random.default_rng(1)
+    noise = {frozenset(s): rng.normal(scale=0.1, size=30) for k in range(4) for s in combinations(players, k)}
+    table = per_prompt_table(players, lambda s, k: [glove_game(s) + noise[s][k]], 30)
+    loo = bootstrap_intervals(players, table, index="leave-one-out", n_boot=500)
+    grand = table.prompt_values(frozenset(players))
+    expected = [(grand - table.prompt_values(frozenset(players) - {p})).mean(-1)[0] for p in players]
+    np.testing.assert_allclose(loo.values[:, 0], expected)
+    np.testing.assert_allclose(loo.values[:, 0], [1, 0, 0], atol=0.1)
+    assert loo.index == "leave-one-out" and not loo.spans_zero()[0, 0] and loo.spans_zero()[1:, 0].all()
+
+
 def test_bootstrap_needs_prompts():
     table = UtilityTable.from_frame(pd.DataFrame({"coalition": ["", "a"], "v": [0.0, 1.0]}))
     with pytest.raises(ValueError, match="no per-prompt values"):

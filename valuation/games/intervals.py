@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from .shapley import ValuationResult, shapley_weights, values_by_mask
+from .shapley import INDEX_WEIGHTS, ValuationResult, values_by_mask
 from .utility_table import UtilityTable
 
 def _t_quantile(q: float, df: int) -> float:
@@ -34,13 +34,15 @@ def bootstrap_intervals(
     confidence: float = 0.95,
     seed: int | None = 0,
     interval: Literal["percentile", "t"] = "percentile",
+    index: str = "shapley",
 ) -> ValuationResult:
     """Exact Shapley values with intervals from the spread over prompts, and over the reward
     model's training pairs for the objectives whose table holds bootstrap heads (`table.heads`).
 
     Shapley is linear in v, so each prompt's game has its own Shapley value, all in one product,
     and their mean is the Shapley value of the mean utility. Percentile: resample prompts with
-    replacement `n_boot` times. t: mean +- t * sd / sqrt(n_prompts).
+    replacement `n_boot` times. t: mean +- t * sd / sqrt(n_prompts). `index` picks another value
+    linear in v the same way (`shapley.INDEX_WEIGHTS`: Banzhaf, leave-one-out).
 
     With heads, the value depends on two independent samples, the evaluation prompts and the
     reward model's training pairs, so a bootstrap replicate resamples both: it draws one of the K
@@ -60,7 +62,7 @@ def bootstrap_intervals(
     spread is measured on the first seed's values and added as an offset, centred.
     """
     players = tuple(players)
-    weights = shapley_weights(len(players))
+    weights = INDEX_WEIGHTS[index](len(players))  # every index here is linear in v: the same resampling serves all
     u = values_by_mask(players, table.prompt_values)  # [2^n, m, p], the mean over training seeds where several
     per_prompt = np.einsum("si,smp->imp", weights, u)  # [n, m, p]
     values = per_prompt.mean(-1)
@@ -105,7 +107,7 @@ def bootstrap_intervals(
                 boot[:, k, head == h] += offset[h] @ counts[head == h].T / n_prompts
         stderr = boot.std(-1, ddof=1)
         lower, upper = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=-1)
-    return ValuationResult(players, table.objectives, values, (u[-1] - u[0]).mean(-1), "exact", stderr=stderr,
+    return ValuationResult(players, table.objectives, values, (u[-1] - u[0]).mean(-1), "exact", index, stderr=stderr,
                            lower=lower, upper=upper, interval=interval, prompts=n_prompts,
                            reward_heads={table.objectives[k]: table.heads.count(table.objectives[k]) for k in offsets},
                            seeds=1 if seeds is None else len(seeds))

@@ -81,7 +81,7 @@ class ValuationResult:
     values: np.ndarray  # [n, m]
     total: np.ndarray  # [m] v(N) - v(empty): what efficiency says the values sum to
     method: str  # "exact" (every coalition) or "permutation" (Monte Carlo over orders)
-    index: str = "shapley"  # "shapley" or "banzhaf"
+    index: str = "shapley"  # "shapley", "banzhaf" or "leave-one-out" (INDEX_WEIGHTS)
     stderr: np.ndarray | None = None  # [n, m]
     lower: np.ndarray | None = None  # [n, m] interval bounds
     upper: np.ndarray | None = None
@@ -206,6 +206,20 @@ def banzhaf_weights(n: int) -> np.ndarray:
     weights = np.where(_membership(n), 1.0, -1.0) / 2 ** (n - 1)
     weights.flags.writeable = False
     return weights
+
+
+@lru_cache(maxsize=8)
+def leave_one_out_weights(n: int) -> np.ndarray:
+    """W [2^n, n] with loo = W^T v: loo_i = v(N) - v(N without i), what the data adds last."""
+    member = _membership(n)
+    grand, size = member.all(1), member.sum(1)
+    weights = np.where(grand[:, None], 1.0, np.where((size == n - 1)[:, None] & ~member, -1.0, 0.0))
+    weights.flags.writeable = False
+    return weights
+
+
+INDEX_WEIGHTS: dict[str, Callable[[int], np.ndarray]] = {
+    "shapley": shapley_weights, "banzhaf": banzhaf_weights, "leave-one-out": leave_one_out_weights}
 
 
 def _exact(players: Sequence[str], game: Game, objectives: Sequence[str] | None,

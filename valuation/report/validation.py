@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ..training.settings import PRESETS as TRAIN_PRESETS
-from ..validation.results import model_utilities, read_scored
+from ..runs import Run
+from ..validation.results import model_utilities, read_scored, retrain_agreement, retrain_findings, retrain_values
+from ..validation.retrain import METHODS
 from ..validation.settings import recorded_config, result_folders
 from ..views.snapshot import RunSnapshot
 from .html import paragraph, section, subheading, table, with_interval
@@ -88,9 +90,28 @@ def validation_parts(folder: Path) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
+def retrain_parts(run: Run) -> list[str]:
+    """The retrain experiment: each source's value three ways with intervals, and the agreement in words."""
+    values = retrain_values(run)
+    if values.empty:
+        return []
+    wide = values.assign(shown=[with_interval(r.value, r.lower, r.upper, "+.4f") for r in values.itertuples()])
+    wide = wide.pivot_table(index=["index", "objective", "player"], columns="method", values="shown", aggfunc="first")
+    rows = [[index, objective, player, *(wide.loc[(index, objective, player), m] for m in METHODS)]
+            for index, objective, player in wide.index]
+    return [subheading("Retrained on every coalition's data"),
+            paragraph("Every coalition of two or more sources trained on its members' pairs with the run's settings, "
+                      "and the same game valued three ways on the same held-out pairs: retrained, by the arithmetic, "
+                      "and by merging the members' LoRA updates (95% intervals over held-out pairs"
+                      + (" and training seeds)." if values.seeds.max() > 1 else ", one training seed).")),
+            table(["value", "objective", "source", *METHODS], rows),
+            *(paragraph(line) for line in retrain_findings(retrain_agreement(values)))]
+
+
 def validation_section(snapshot: RunSnapshot) -> str:
     """Every results folder's tables, or a sentence saying the arithmetic is not measured on this run."""
     parts = [part for folder in result_folders(snapshot.run) for part in validation_parts(folder)]
+    parts += retrain_parts(snapshot.run)
     return section("validation", "Validation", parts or [
         paragraph("No validation has run on this run: how far the arithmetic holds here is not measured "
                   "(`python -m valuation validate --run RUN`).")])

@@ -13,6 +13,7 @@ margin (`training.verdicts`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,9 +83,15 @@ def coalition_preferences(model: Any, tokenizer: Any, heldout: list[HeldOut], so
                                progress=progress).log_likelihoods
         gains = np.array([alone[s] - alone[BASE] for s in sources])  # [n, responses]
         scored = {c: alone[BASE] + row for c, row in zip(coalitions, membership(coalitions, sources).astype(float) @ gains)}
-    rows = [{"model": coalition_name(coalition), "prompt": pair.prompt_id, "chosen": values[2 * k],
+    return coalition_utilities({coalition_name(c): values for c, values in scored.items()}, heldout, beta)
+
+
+def coalition_utilities(log_likelihoods: Mapping[str, np.ndarray], heldout: list[HeldOut], beta: float) -> pd.DataFrame:
+    """Per (coalition, prompt): preference accuracy and reward margin, from each coalition's
+    log-likelihoods of `responses_of(heldout)`; the base is coalition ''."""
+    rows = [{"model": coalition, "prompt": pair.prompt_id, "chosen": values[2 * k],
              "rejected": values[2 * k + 1]}  # responses_of: chosen then rejected
-            for coalition, values in scored.items() for k, pair in enumerate(heldout)]
+            for coalition, values in log_likelihoods.items() for k, pair in enumerate(heldout)]
     return preference_utilities(pd.DataFrame(rows), beta, base="").rename(columns={"model": "coalition"})
 
 

@@ -92,6 +92,11 @@ def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
     return {**SETTINGS_BEFORE_RECORDED, **record.get("settings", {})}
 
 
+def recorded_config(record: dict[str, Any]) -> TrainConfig:
+    """The training config an adapter's record says it was trained with (`recorded_settings`)."""
+    return TrainConfig(**{k: v for k, v in recorded_settings(record).items() if k in TrainConfig.__dataclass_fields__})
+
+
 # `quick`: a CPU in minutes. The top 4 of the model's layers over a frozen trunk (run once per pair
 # and cached), LoRA on every linear projection, up to 1,024 pairs of 96 tokens seen once, learning
 # rate 4e-3 in steps of 8 pairs. On the offline HH-RLHF subsets 3 of 4 sources told 256 held-out

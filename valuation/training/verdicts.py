@@ -27,7 +27,7 @@ from ..lm.adapters import adapters_dir, load_adapters, read_record, source_and_r
 from ..storage import atomic_write_json, atomic_write_text, digest
 from ..rewards.heldout import judged
 from .pairs import select_pairs
-from .settings import TrainConfig, recorded_settings
+from .settings import recorded_config
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -63,7 +63,7 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
     plan, bases = {}, kept.get("base", {})
     for source, seeds in by_source.items():  # every adapter of a source shares its settings and pairs
         record = records[seeds[0]]
-        settings = TrainConfig(**{k: v for k, v in recorded_settings(record).items() if k in TrainConfig.__dataclass_fields__})
+        settings = recorded_config(record)
         read = max(records[a]["pairs_used"] + records[a].get("pairs_dropped_by_length", 0) for a in seeds)
         pairs = verdict_pairs(source, context.data, context.split, context.config.data, read)
         rows = select_pairs(pairs, tokenizer, replace(settings, max_pairs=pairs_per_source)).rows

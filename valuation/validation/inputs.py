@@ -13,7 +13,7 @@ from itertools import islice, zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..lm.adapters import adapter_dir, save_adapter, trained_sources
+from ..lm.adapters import adapter_dir, save_adapter, trained_adapters
 from ..config import preset_config
 from ..lm.tokens import fit_prompt
 from ..rewards.heldout import HeldOut, held_out
@@ -92,7 +92,16 @@ def adapter_name(epochs: float, members: str) -> str:
 
 def train_adapter(inputs: Inputs, name: str, pairs: list[PreferencePair], epochs: float, reporter: Reporter,
                   below: Sequence[str] = ()) -> None:
-    """Train adapter `name` unless it exists; with `below`, on the base with those adapters merged in.
+    """Train validation adapter `name` at `epochs` (the validation's training preset) unless it exists."""
+    settings = replace(inputs.training, epochs=epochs)
+    fit_missing(inputs.context, inputs.adapters, name, pairs, settings, source_seed(inputs.context.config.seed, name),
+                reporter, below=below)
+
+
+def fit_missing(context: RunContext, folder: Path, name: str, pairs: list[PreferencePair], settings: TrainConfig,
+                seed: int, reporter: Reporter, below: Sequence[str] = (), **provenance: Any) -> None:
+    """Train adapter `name` into `folder` on exactly `pairs` unless it is there; with `below`, on the
+    base with those adapters merged in; `provenance` joins its record.
 
     Sequential DPO: stage k is trained with the model of stages < k as its reference. Merging the
     earlier adapters into the weights (merge_and_unload) makes that model the trainer's base, whose
@@ -100,12 +109,14 @@ def train_adapter(inputs: Inputs, name: str, pairs: list[PreferencePair], epochs
     """
     from peft import PeftModel
 
-    if name in trained_sources(inputs.adapters):
+    from ..lm.trunk import trunk_cache  # torch: only when training
+
+    if name in trained_adapters(folder):
         return
-    loaded = inputs.context.fresh_model()
+    loaded = context.fresh_model()
     for stage in below:
-        loaded.model = PeftModel.from_pretrained(loaded.model, adapter_dir(inputs.adapters, stage)).merge_and_unload()
-    settings = replace(inputs.training, max_pairs=len(pairs), epochs=epochs)
-    model, record = fit_adapter(loaded, name, pairs, settings, source_seed(inputs.context.config.seed, name), reporter)
-    save_adapter(model, inputs.adapters, name, {**record, "merged_below": list(below)})
+        loaded.model = PeftModel.from_pretrained(loaded.model, adapter_dir(folder, stage)).merge_and_unload()
+    cache = None if below else trunk_cache(context.run)  # the run's cached trunks are the unmerged base's
+    model, record = fit_adapter(loaded, name, pairs, replace(settings, max_pairs=len(pairs)), seed, reporter, cache=cache)
+    save_adapter(model, folder, name, {**record, "merged_below": list(below), **provenance})
     reporter.log(f"{name}: trained in {record['wall_time_s']:.0f}s, final loss {record['final']['loss']}")

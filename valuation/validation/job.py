@@ -11,6 +11,7 @@ from ..storage import atomic_write_json
 from .accuracy import run_accuracy
 from .inputs import read_inputs
 from .results import summary
+from .retrain import run_retrain
 from .scaling import run_scaling
 from .settings import SETTINGS_FILE, ValidationConfig, ValidationError, recorded_config, results_dir
 from .trained import compare_trained
@@ -32,6 +33,7 @@ def run_validate(context: RunContext, config: ValidationConfig, reporter: Report
             ("pooled", lambda: compare_trained(inputs, sources, main, "pooled", reporter)),
             ("scaling", lambda: run_scaling(inputs, reporter))]
     plan += [("epochs", lambda e=e: compare_trained(inputs, sources, e, "sequential", reporter)) for e in config.epochs[1:]]
+    plan += [("retrain", lambda: run_retrain(inputs, reporter))]  # the costliest: 2^n - n - 1 adapters at the run's settings
     written = []
     for name, step in plan:
         if name in config.experiments:

@@ -12,10 +12,11 @@ from ..games.coalitions import coalition_name, parse_coalition
 from ..games.intervals import bootstrap_intervals
 from ..runs import Run
 from ..games.shapley import exact_shapley
-from ..games.utility_table import UtilityTable
+from ..games.utility_table import UtilityTable, with_seeds
 from ..rewards.heldout import preference_utilities
 from .accuracy import read_utilities
-from .settings import accuracy_path
+from .scaling import rank_correlations
+from .settings import accuracy_path, retrain_dir
 
 
 def read_scored(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -104,6 +105,69 @@ def accuracy_shapley(run: Run) -> pd.DataFrame:
     frame["solo"] = [table.value(frozenset([p]), o) - empty[table.objectives.index(o)]
                      for o, p in zip(frame.objective, frame.player)]
     return frame
+
+
+def retrain_values(run: Run) -> pd.DataFrame:
+    """Each source's value three ways (retrained, arithmetic, merged), by Shapley and by leave-one-out,
+    exact, with bootstrap intervals over held-out pairs (and training seeds where there are several):
+    method, index, objective, player, value, stderr, lower, upper. Empty before the experiment ran."""
+    path = retrain_dir(run) / "utilities.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    utilities = pd.read_csv(path, dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
+    frames = []
+    for method, rows in utilities.groupby("method", sort=False):
+        tables = [UtilityTable.from_frame(part.drop(columns=["method", "seed"])) for _, part in rows.groupby("seed")]
+        table = with_seeds(tables[0], tables[1:], [f"seed {k + 2}" for k in range(len(tables) - 1)]) if len(tables) > 1 \
+            else tables[0]
+        for index in ("shapley", "leave-one-out"):
+            result = bootstrap_intervals(table.players, table, index=index)
+            frames.append(result.to_frame().assign(method=method, index=index, seeds=result.seeds))
+    return pd.concat(frames, ignore_index=True)
+
+
+def retrain_agreement(values: pd.DataFrame) -> pd.DataFrame:
+    """How far each shortcut (arithmetic, merged) is from retraining, per index and objective:
+    Spearman's rho and Kendall's tau of its values against the retrained ones over the sources, and
+    the largest difference in units of the retrained interval's half-width (above 1: outside it)."""
+    rows = []
+    for (index, objective), group in values.groupby(["index", "objective"], sort=False):
+        truth = group[group.method == "retrained"].set_index("player")
+        for method in ("arithmetic", "merged"):
+            shortcut = group[group.method == method].set_index("player").loc[truth.index]
+            rho, tau = rank_correlations(shortcut.value.to_numpy(), truth.value.to_numpy())
+            difference = (shortcut.value - truth.value).abs()
+            in_widths = difference / ((truth.upper - truth.lower) / 2)
+            rows.append({"index": index, "objective": objective, "method": method, "spearman": rho, "kendall": tau,
+                         "largest_difference": difference.max(), "largest_in_half_widths": in_widths.max(),
+                         "where": in_widths.idxmax()})
+    return pd.DataFrame(rows)
+
+
+def retrain_findings(agreement: pd.DataFrame) -> list[str]:
+    """The agreement in words, one line per shortcut, index and objective: for the page, the report
+    and the command line alike."""
+    lines = []
+    for row in agreement.itertuples():
+        where = "inside" if row.largest_in_half_widths <= 1 else "outside"
+        lines.append(f"{row.method} against retraining, {row.index} values on {row.objective}: Spearman "
+                     f"{row.spearman:+.2f}, Kendall {row.kendall:+.2f}; the largest difference, {row.largest_difference:.3g} "
+                     f"({row.where}), is {row.largest_in_half_widths:.1f} half-widths: {where} the retrained interval.")
+    return lines
+
+
+def retrain_coalitions(run: Run) -> pd.DataFrame:
+    """Every coalition's utility (mean over held-out pairs and seeds) by each method, for the scatter:
+    coalition, size, objective, retrained, arithmetic, merged."""
+    path = retrain_dir(run) / "utilities.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    utilities = pd.read_csv(path, dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
+    long = utilities.melt(id_vars=["method", "seed", "coalition", "prompt"], var_name="objective", value_name="utility")
+    wide = long.pivot_table(index=["coalition", "objective"], columns="method", values="utility", aggfunc="mean")
+    wide = wide.reset_index()
+    wide.insert(1, "size", wide.coalition.map(lambda c: len(parse_coalition(c))))
+    return wide[["coalition", "size", "objective", "retrained", "arithmetic", "merged"]]
 
 
 def scaling_summary(folder: Path) -> pd.DataFrame:

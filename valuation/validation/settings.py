@@ -12,7 +12,8 @@ from ..config import ConfigError, from_dict, helped
 from ..errors import UserError
 from ..runs import Run
 
-EXPERIMENTS = ("sequential", "pooled", "epochs", "accuracy", "scaling")
+EXPERIMENTS = ("sequential", "pooled", "epochs", "accuracy", "scaling", "retrain")
+DEFAULT_EXPERIMENTS = [e for e in EXPERIMENTS if e != "retrain"]  # retrain: hours on a CPU, asked for by name
 SETTINGS_FILE = "settings.json"  # in each results folder: the settings that made its results
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
@@ -23,9 +24,10 @@ class ValidationError(UserError):
 
 @dataclass
 class ValidationConfig:
-    experiments: list[str] = helped(list(EXPERIMENTS), f"Experiments to run, of {', '.join(EXPERIMENTS)}.", setting=False)
+    experiments: list[str] = helped(DEFAULT_EXPERIMENTS, f"Experiments to run, of {', '.join(EXPERIMENTS)} (all but "
+                                                         "retrain when none are named).", setting=False)
     sources: list[str] = helped([], "Sources of the training experiments (every coalition of two or more is compared); "
-                                    "empty: the run's first `n_sources`.", setting=False)
+                                    "empty: the run's first `n_sources`, and for retrain its first 4.", setting=False)
     n_sources: int = helped(2, "Sources taken when none are named.", setting=False)
     folder: str = helped("quick", "Results folder, <run>/validation/<folder>: results there are reused only with the "
                                   "settings that made them.", setting=False)
@@ -40,18 +42,22 @@ class ValidationConfig:
     scaling_pairs: int = helped(8, "Training pairs per scaling source (1 epoch).")
     permutations: list[int] = helped([100, 500, 1000], "Monte Carlo budgets (permutations) compared with exact Shapley.")
     repeats: int = helped(20, "Monte Carlo runs per budget, with different seeds: errors are averaged over them.")
+    retrain_seeds: int = helped(1, "Training seeds of the retrain experiment: each coalition's adapter is trained under "
+                                   "the run's first k seeds (at most as many as the run's adapters have).", setting=False)
 
     def validate(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
         if unknown or not self.experiments:
             raise ConfigError(f"validation.experiments={self.experiments}: choose from {', '.join(EXPERIMENTS)}.")
-        if not FOLDER_NAME.match(self.folder):
-            raise ConfigError(f"validation.folder={self.folder!r}: use a plain name (letters, digits, '_' or '-').")
+        if not FOLDER_NAME.match(self.folder) or self.folder == "retrain":
+            raise ConfigError(f"validation.folder={self.folder!r}: use a plain name (letters, digits, '_' or '-'), "
+                              "not 'retrain' (the retrain experiment's own folder).")
         if len(self.sources) == 1 or (not self.sources and self.n_sources < 2):
             raise ConfigError("validation needs at least 2 sources to form a coalition: name two or more, or none.")
         if not self.epochs or min(self.epochs) <= 0:
             raise ConfigError("validation.epochs must list positive numbers of epochs, e.g. 1 2 4.")
-        if min(self.max_pairs, self.heldout_pairs, self.response_tokens, self.scaling_pairs, self.repeats, self.scaling_players) < 1:
+        if min(self.max_pairs, self.heldout_pairs, self.response_tokens, self.scaling_pairs, self.repeats, self.scaling_players,
+               self.retrain_seeds) < 1:
             raise ConfigError("validation counts (pairs, tokens, players, repeats) must be at least 1.")
         if not self.permutations or min(self.permutations) < 2:
             raise ConfigError("validation.permutations must list budgets of at least 2 permutations.")
@@ -83,6 +89,12 @@ def result_folders(run: Run) -> list[Path]:
 def results_dir(run: Run, folder: str) -> Path:
     """<run>/validation/<folder>: one config's results and its own adapters."""
     return run.path / "validation" / folder
+
+
+def retrain_dir(run: Run) -> Path:
+    """The retrain experiment's adapters and table: they depend on the run's adapters and training
+    settings, not on a validation preset, so one per run."""
+    return run.path / "validation" / "retrain"
 
 
 def accuracy_path(run: Run) -> Path:

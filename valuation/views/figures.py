@@ -154,10 +154,26 @@ def kl_figure(curve: pd.DataFrame) -> go.Figure:
     return px.line(long, x="epochs", y="KL per token", color="direction", markers=True)
 
 
-def intervals_figure(values: pd.DataFrame) -> go.Figure:
-    """Values with their intervals as error bars, one panel per objective."""
-    return px.bar(values, x="player", y="value", error_y=values.upper - values.value,
+def intervals_figure(values: pd.DataFrame, color: str | None = None) -> go.Figure:
+    """Values with their intervals as error bars, one panel per objective (bars side by side by `color`)."""
+    return px.bar(values, x="player", y="value", error_y=values.upper - values.value, color=color, barmode="group",
                   error_y_minus=values.value - values.lower, facet_col="objective").update_yaxes(matches=None)
+
+
+def retrain_scatter_figure(coalitions: pd.DataFrame) -> go.Figure:
+    """Each coalition's utility by a shortcut (arithmetic, merged) against retraining it, per objective,
+    with the diagonal where the shortcut would be exact."""
+    long = coalitions.melt(["coalition", "size", "objective", "retrained"], ["arithmetic", "merged"],
+                           var_name="shortcut", value_name="utility by the shortcut")
+    figure = px.scatter(long, x="retrained", y="utility by the shortcut", color="shortcut", symbol="shortcut",
+                        hover_data=["coalition", "size"], facet_col="objective",
+                        labels={"retrained": "utility, retrained on the coalition's data"})
+    figure.update_xaxes(matches=None).update_yaxes(matches=None)
+    for column, (_, group) in enumerate(coalitions.groupby("objective", sort=False), start=1):
+        low, high = group[["retrained", "arithmetic", "merged"]].min().min(), group[["retrained", "arithmetic", "merged"]].max().max()
+        figure.add_shape(type="line", x0=low, y0=low, x1=high, y1=high, line={"dash": "dot", "color": "grey"},
+                         row=1, col=column)
+    return figure
 
 
 def scaling_figure(scaling: pd.DataFrame) -> go.Figure:

@@ -1,0 +1,149 @@
+"""The retrain experiment: does the arithmetic stand in for training on a coalition's data?
+
+The method's one claim is that a coalition built by adding log-probabilities behaves like a model
+trained on the coalition's data, so that n trainings replace 2^n. Here the 2^n are paid for: every
+coalition S of two or more of the chosen sources (at most RETRAIN_MAX_SOURCES: 11 coalitions at 4)
+gets an adapter of its own, trained on the union of its members' training pairs, exactly the pairs
+each member's adapter trained on, with the run's own training settings, under each of the run's
+first `retrain_seeds` seeds (a union's seed follows from its name, as a source's does). The same
+game is then played three ways on the same held-out pairs, every model teacher-forced:
+
+    retrained    v(S) from S's own adapter (what training every coalition gives)
+    arithmetic   v(S) from sum_{l in S} log pi_l + (1 - |S|) log pi_0, renormalised per token
+    merged       v(S) from one adapter holding the sum of S's LoRA updates (`lm.merging`, "cat")
+
+The three share the base (S empty) and each source alone (its own adapter): they differ only where
+|S| >= 2. Utilities: held-out preference accuracy and implicit reward margin (`rewards.heldout`).
+
+    <run>/validation/retrain/adapters/<a+b>[@seedK]/  the union adapters (record: members, pair ids)
+    <run>/validation/retrain/utilities.csv            method, seed, coalition, prompt, preference_accuracy, reward_margin
+    <run>/validation/retrain/utilities.json           what the table was computed on (sources, seeds, pairs)
+
+Each adapter is written when trained and the table when scored: a relaunch trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..games.coalitions import Coalition, all_coalitions, coalition_name, formula_terms
+from ..lm.adapters import adapter_dir, load_adapters, read_record, seed_adapter, trained_seeds, trained_sources
+from ..rewards.heldout import coalition_utilities, responses_of
+from ..storage import atomic_write_json, atomic_write_text
+from ..training.dpo import source_seed
+from ..training.settings import TrainConfig, recorded_config
+from .inputs import Inputs, fit_missing, fitting_pairs
+from .results import retrain_agreement, retrain_findings, retrain_values
+from .settings import ValidationConfig, ValidationError, retrain_dir
+
+if TYPE_CHECKING:
+    from ..data.preferences import PreferencePair
+    from ..progress import Reporter
+    from ..runs import Run
+    from ..runtime.context import RunContext
+
+RETRAIN_MAX_SOURCES = 4  # 2^n - n - 1 more adapters: 11 at 4 sources, 26 at 5
+METHODS = ("retrained", "arithmetic", "merged")
+
+
+def retrain_sources(config: ValidationConfig, run: Run) -> list[str]:
+    """The sources whose coalitions are retrained: the named ones, else the run's first RETRAIN_MAX_SOURCES."""
+    trained = trained_sources(run)
+    sources = sorted(config.sources) or trained[:RETRAIN_MAX_SOURCES]
+    if len(sources) > RETRAIN_MAX_SOURCES:
+        raise ValidationError(f"The retrain experiment trains every coalition: {2 ** len(sources) - len(sources) - 1} "
+                              f"adapters for {len(sources)} sources. Name at most {RETRAIN_MAX_SOURCES} with --sources.")
+    missing = [s for s in sources if s not in trained]
+    if missing or len(sources) < 2:
+        raise ValidationError(f"The retrain experiment needs at least two trained sources; {missing or sources} "
+                              f"{'lack an adapter' if missing else 'is not enough'} (trained: {trained or 'none'}): "
+                              "train them first.")
+    return sources
+
+
+def unions(sources: list[str]) -> list[Coalition]:
+    """The coalitions that get an adapter of their own: every one of two or more sources."""
+    return [c for c in all_coalitions(sources) if len(c) >= 2]
+
+
+def union_pairs(context: RunContext, coalition: Coalition, settings: TrainConfig) -> list[PreferencePair]:
+    """The members' training pairs, exactly as each member's adapter took them (its first
+    `max_pairs` pairs whose prompt fits, cut as training cuts them), member after member."""
+    return [pair for source in sorted(coalition)
+            for pair in fitting_pairs(context.split.train[source], context.base.tokenizer, settings.max_prompt_length,
+                                      settings.max_pairs or len(context.split.train[source]))]
+
+
+def run_retrain(inputs: Inputs, reporter: Reporter) -> Path:
+    """Train every coalition's adapter that is missing, then score the three games; the table's path."""
+    run = inputs.context.run
+    sources = retrain_sources(inputs.config, run)
+    seeds = min(inputs.config.retrain_seeds, trained_seeds(run, sources))
+    folder = retrain_dir(run)
+    path, key_path = folder / "utilities.csv", folder / "utilities.json"
+    key = {"sources": sources, "seeds": seeds, "pairs": [h.prompt_id for h in inputs.evaluation],
+           "response_tokens": inputs.config.response_tokens}
+    if not (path.exists() and key_path.exists() and json.loads(key_path.read_text(encoding="utf-8")) == key):
+        compute_games(inputs, sources, seeds, reporter)
+        atomic_write_json(key_path, key)
+    for line in retrain_findings(retrain_agreement(retrain_values(run))):
+        reporter.log(line)
+    return path
+
+
+def compute_games(inputs: Inputs, sources: list[str], seeds: int, reporter: Reporter) -> None:
+    """Train the union adapters that are missing, score the three games, write the table."""
+    context, run = inputs.context, inputs.context.run
+    folder = retrain_dir(run)
+    settings = recorded_config(read_record(run, sources[0]))  # every source of a run trains alike
+    coalitions = unions(sources)
+    reporter.log(f"retrain: {len(coalitions)} coalition adapter(s) of {', '.join(sources)} under {seeds} seed(s), "
+                 f"each on its members' pairs")
+    for replica in range(seeds):
+        for coalition in coalitions:
+            pairs = union_pairs(context, coalition, settings)
+            fit_missing(context, folder / "adapters", seed_adapter(coalition_name(coalition), replica), pairs, settings,
+                        source_seed(context.config.seed, coalition_name(coalition), replica), reporter,
+                        members=sorted(coalition), pair_ids=[p.pair_id for p in pairs])
+    table = pd.concat([scored_games(inputs, sources, replica, reporter) for replica in range(seeds)], ignore_index=True)
+    atomic_write_text(folder / "utilities.csv", table.to_csv(index=False, float_format="%.6g"))
+
+
+def scored_games(inputs: Inputs, sources: list[str], replica: int, reporter: Reporter) -> pd.DataFrame:
+    """The three games' utilities under training seed `replica`, per (method, coalition, prompt)."""
+    from ..lm.merging import merged_coalition_adapter
+    from ..lm.scoring import score_variants
+
+    run, folder = inputs.context.run, retrain_dir(inputs.context.run) / "adapters"
+    solo = {s: seed_adapter(s, replica) for s in sources}
+    loaded = inputs.context.fresh_model()  # merges and union adapters join this copy, never the shared base
+    model = load_adapters(loaded, run, list(solo.values()))
+    for coalition in unions(sources):
+        name = seed_adapter(coalition_name(coalition), replica)
+        model.load_adapter(adapter_dir(folder, name), adapter_name=name, is_trainable=False)
+    model.eval()
+    variants = {}
+    for coalition in all_coalitions(sources):
+        members = [solo[s] for s in sorted(coalition)]
+        for method in METHODS:
+            if len(coalition) < 2:  # the base and each source alone: one model, whatever the method
+                terms = formula_terms(members)
+            elif method == "retrained":
+                terms = [(seed_adapter(coalition_name(coalition), replica), 1.0)]
+            elif method == "arithmetic":
+                terms = formula_terms(members)
+            else:
+                terms = [(merged_coalition_adapter(model, members), 1.0)]
+            variants[(method, coalition_name(coalition))] = terms
+    scores = score_variants(model, loaded.tokenizer, responses_of(inputs.evaluation), variants,
+                            progress=reporter.stage(f"retrain: scoring seed {replica + 1}"))
+    beta = read_record(run, sources[0])["beta"]
+    frames = [coalition_utilities({coalition: values for (kind, coalition), values in scores.log_likelihoods.items()
+                                   if kind == method}, inputs.evaluation, beta).assign(method=method, seed=replica)
+              for method in METHODS]
+    columns = ["method", "seed", "coalition", "prompt", "preference_accuracy", "reward_margin"]
+    return pd.concat(frames, ignore_index=True)[columns]
