@@ -17,22 +17,25 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import APP, random_adapter_run
 from valuation import cli
-from valuation.config import settings_of
+from valuation.config import ModelConfig, settings_of
 from valuation.games.coalitions import coalition_name
 from valuation.games.shapley import exact_shapley
 from valuation.games.utility_table import UtilityTable
 from valuation.jobs.background import job_dir
 from valuation.jobs.registry import job_config
-from valuation.lm.adapters import RECORD_FILE, adapter_dir
+from valuation.lm.adapters import RECORD_FILE, adapter_dir, load_adapters
+from valuation.lm.models import load_model
 from valuation.lm.tokens import fit_prompt
 from valuation.progress import Reporter
+from valuation.rewards.heldout import coalition_preferences, held_out
 from valuation.report.document import report_html
 from valuation.runtime.context import RunContext
 from valuation.training.settings import TrainConfig
 from valuation.validation.job import run_validate
 from valuation.validation.results import retrain_agreement, retrain_coalitions, retrain_findings, retrain_values
 from valuation.validation.retrain import METHODS, retrain_sources, unions
-from valuation.validation.settings import ValidationError, accuracy_path, retrain_dir
+from valuation.validation.inputs import judged_evenly
+from valuation.validation.settings import ValidationError, retrain_dir
 
 H, K, O = "harmless-base", "helpful-base", "helpful-online"
 RETRAIN = job_config("validate", experiments=["retrain"], response_tokens=6)
@@ -75,13 +78,16 @@ def test_a_union_trains_on_exactly_its_members_pairs_and_a_relaunch_trains_nothi
     grand = table[table.coalition == union].pivot_table(index="prompt", columns="method", values="reward_margin")
     assert (grand.retrained != grand.arithmetic).all()  # the trained union is a model of its own
 
-    # The arithmetic here is the accuracy experiment's coalition model, pair by pair.
-    run_validate(context, replace(RETRAIN, experiments=["accuracy"]), reporter)
-    accuracy = pd.read_csv(accuracy_path(run), dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
+    # The arithmetic here is the coalition model of the reward-free utilities, pair by pair, on the
+    # eval part's pairs taken evenly across sources (prompts cut as training cuts them).
+    heldout = held_out(tokenizer, judged_evenly(context, 48, RETRAIN.retrain_pairs), RETRAIN.response_tokens)
+    assert 0 < len(heldout) <= RETRAIN.retrain_pairs and table.prompt.nunique() == len(heldout)
+    loaded = load_model(ModelConfig(name="tiny"))
+    direct = coalition_preferences(load_adapters(loaded, run), loaded.tokenizer, heldout, [H, K], 0.1)
     arithmetic = table[table.method == "arithmetic"].drop(columns=["method", "seed"])
-    merged = arithmetic.merge(accuracy, on=["coalition", "prompt"], suffixes=("", "_accuracy"))
-    assert len(merged) == len(accuracy) == 4 * 4
-    np.testing.assert_allclose(merged.reward_margin, merged.reward_margin_accuracy, atol=1e-4)
+    merged = arithmetic.merge(direct, on=["coalition", "prompt"], suffixes=("", "_direct"))
+    assert len(merged) == len(direct) == 4 * len(heldout)
+    np.testing.assert_allclose(merged.reward_margin, merged.reward_margin_direct, atol=1e-4)
 
     stamps = {p: p.stat().st_mtime_ns for p in retrain_dir(run).rglob("*") if p.is_file()}
     run_validate(context, RETRAIN, reporter)  # a relaunch: every adapter and the table are there

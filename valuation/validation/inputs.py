@@ -63,19 +63,24 @@ def read_inputs(context: RunContext, config: ValidationConfig) -> Inputs:
     training = preset_config(TrainConfig, TRAINING_PRESETS, config.training_preset)
     tokenizer = context.base.tokenizer
 
-    # The eval part (or the gold set's) is disjoint by prompt from every training pair (`data.splits`).
-    eval_part = {s: judging_pairs(s, context.data, context.split, context.config.data) for s in context.split.train}
-    per_source = -(-config.heldout_pairs // len(eval_part))  # ceil
-    short = [fitting_pairs(pairs, tokenizer, training.max_prompt_length, per_source) for pairs in eval_part.values()]
-    # Once each: with a trusted held-out file every source is judged on the same gold pairs.
-    evenly = list({p.pair_id: p for row in zip_longest(*short) for p in row if p is not None}.values())
-    evenly = evenly[:config.heldout_pairs]
+    evenly = judged_evenly(context, training.max_prompt_length, config.heldout_pairs)
     behind_prompts = context.split.eval_pairs
     heldout, evaluation = (held_out(tokenizer, pairs, config.response_tokens) for pairs in (evenly, behind_prompts))
     if not heldout:
         raise ValidationError(f"Run {context.run.name!r} has no eval-part pair whose prompt fits "
                               f"{training.max_prompt_length} tokens: raise the eval fraction on the Sources page.")
     return Inputs(context, config, training, context.split.train, heldout, evaluation)
+
+
+def judged_evenly(context: RunContext, max_prompt_length: int, count: int) -> list[PreferencePair]:
+    """Up to `count` pairs of the split's eval part, taken evenly across sources, their prompts cut to
+    `max_prompt_length` as training cuts them. The eval part (or the gold set's) is disjoint by prompt
+    from every training pair (`data.splits`); with a trusted held-out file every source is judged on
+    the same gold pairs, taken once each."""
+    eval_part = {s: judging_pairs(s, context.data, context.split, context.config.data) for s in context.split.train}
+    per_source = -(-count // len(eval_part))  # ceil
+    short = [fitting_pairs(pairs, context.base.tokenizer, max_prompt_length, per_source) for pairs in eval_part.values()]
+    return list({p.pair_id: p for row in zip_longest(*short) for p in row if p is not None}.values())[:count]
 
 
 def fitting_pairs(pairs: list[PreferencePair], tokenizer: Any, max_prompt_length: int, count: int) -> list[PreferencePair]:

@@ -13,7 +13,8 @@ game is then played three ways on the same held-out pairs, every model teacher-f
     merged       v(S) from one adapter holding the sum of S's LoRA updates (`lm.merging`, "cat")
 
 The three share the base (S empty) and each source alone (its own adapter): they differ only where
-|S| >= 2. Utilities: held-out preference accuracy and implicit reward margin (`rewards.heldout`).
+|S| >= 2. Utilities: held-out preference accuracy and implicit reward margin (`rewards.heldout`), on
+up to `retrain_pairs` pairs of the eval part taken evenly across sources (or of the gold set).
 
     <run>/validation/retrain/adapters/<a+b>[@seedK]/  the union adapters (record: members, pair ids)
     <run>/validation/retrain/utilities.csv            method, seed, coalition, prompt, preference_accuracy, reward_margin
@@ -32,11 +33,11 @@ import pandas as pd
 
 from ..games.coalitions import Coalition, all_coalitions, coalition_name, formula_terms
 from ..lm.adapters import adapter_dir, load_adapters, read_record, seed_adapter, trained_seeds, trained_sources
-from ..rewards.heldout import coalition_utilities, responses_of
+from ..rewards.heldout import HeldOut, coalition_utilities, held_out, responses_of
 from ..storage import atomic_write_json, atomic_write_text
 from ..training.dpo import source_seed
 from ..training.settings import TrainConfig, recorded_config
-from .inputs import Inputs, fit_missing, fitting_pairs
+from .inputs import Inputs, fit_missing, fitting_pairs, judged_evenly
 from .results import retrain_agreement, retrain_findings, retrain_values
 from .settings import ValidationConfig, ValidationError, retrain_dir
 
@@ -85,21 +86,23 @@ def run_retrain(inputs: Inputs, reporter: Reporter) -> Path:
     seeds = min(inputs.config.retrain_seeds, trained_seeds(run, sources))
     folder = retrain_dir(run)
     path, key_path = folder / "utilities.csv", folder / "utilities.json"
-    key = {"sources": sources, "seeds": seeds, "pairs": [h.prompt_id for h in inputs.evaluation],
+    settings = recorded_config(read_record(run, sources[0]))  # every source of a run trains alike
+    pairs = judged_evenly(inputs.context, settings.max_prompt_length, inputs.config.retrain_pairs)
+    heldout = held_out(inputs.tokenizer, pairs, inputs.config.response_tokens)
+    key = {"sources": sources, "seeds": seeds, "pairs": [h.prompt_id for h in heldout],
            "response_tokens": inputs.config.response_tokens}
     if not (path.exists() and key_path.exists() and json.loads(key_path.read_text(encoding="utf-8")) == key):
-        compute_games(inputs, sources, seeds, reporter)
+        compute_games(inputs.context, sources, settings, seeds, heldout, reporter)
         atomic_write_json(key_path, key)
     for line in retrain_findings(retrain_agreement(retrain_values(run))):
         reporter.log(line)
     return path
 
 
-def compute_games(inputs: Inputs, sources: list[str], seeds: int, reporter: Reporter) -> None:
-    """Train the union adapters that are missing, score the three games, write the table."""
-    context, run = inputs.context, inputs.context.run
-    folder = retrain_dir(run)
-    settings = recorded_config(read_record(run, sources[0]))  # every source of a run trains alike
+def compute_games(context: RunContext, sources: list[str], settings: TrainConfig, seeds: int, heldout: list[HeldOut],
+                  reporter: Reporter) -> None:
+    """Train the union adapters that are missing, score the three games on `heldout`, write the table."""
+    folder = retrain_dir(context.run)
     coalitions = unions(sources)
     reporter.log(f"retrain: {len(coalitions)} coalition adapter(s) of {', '.join(sources)} under {seeds} seed(s), "
                  f"each on its members' pairs")
@@ -109,18 +112,20 @@ def compute_games(inputs: Inputs, sources: list[str], seeds: int, reporter: Repo
             fit_missing(context, folder / "adapters", seed_adapter(coalition_name(coalition), replica), pairs, settings,
                         source_seed(context.config.seed, coalition_name(coalition), replica), reporter,
                         members=sorted(coalition), pair_ids=[p.pair_id for p in pairs])
-    table = pd.concat([scored_games(inputs, sources, replica, reporter) for replica in range(seeds)], ignore_index=True)
+    table = pd.concat([scored_games(context, sources, replica, heldout, reporter) for replica in range(seeds)],
+                      ignore_index=True)
     atomic_write_text(folder / "utilities.csv", table.to_csv(index=False, float_format="%.6g"))
 
 
-def scored_games(inputs: Inputs, sources: list[str], replica: int, reporter: Reporter) -> pd.DataFrame:
+def scored_games(context: RunContext, sources: list[str], replica: int, heldout: list[HeldOut],
+                 reporter: Reporter) -> pd.DataFrame:
     """The three games' utilities under training seed `replica`, per (method, coalition, prompt)."""
     from ..lm.merging import merged_coalition_adapter
     from ..lm.scoring import score_variants
 
-    run, folder = inputs.context.run, retrain_dir(inputs.context.run) / "adapters"
+    run, folder = context.run, retrain_dir(context.run) / "adapters"
     solo = {s: seed_adapter(s, replica) for s in sources}
-    loaded = inputs.context.fresh_model()  # merges and union adapters join this copy, never the shared base
+    loaded = context.fresh_model()  # merges and union adapters join this copy, never the shared base
     model = load_adapters(loaded, run, list(solo.values()))
     for coalition in unions(sources):
         name = seed_adapter(coalition_name(coalition), replica)
@@ -139,11 +144,11 @@ def scored_games(inputs: Inputs, sources: list[str], replica: int, reporter: Rep
             else:
                 terms = [(merged_coalition_adapter(model, members), 1.0)]
             variants[(method, coalition_name(coalition))] = terms
-    scores = score_variants(model, loaded.tokenizer, responses_of(inputs.evaluation), variants,
+    scores = score_variants(model, loaded.tokenizer, responses_of(heldout), variants,
                             progress=reporter.stage(f"retrain: scoring seed {replica + 1}"))
     beta = read_record(run, sources[0])["beta"]
     frames = [coalition_utilities({coalition: values for (kind, coalition), values in scores.log_likelihoods.items()
-                                   if kind == method}, inputs.evaluation, beta).assign(method=method, seed=replica)
+                                   if kind == method}, heldout, beta).assign(method=method, seed=replica)
               for method in METHODS]
     columns = ["method", "seed", "coalition", "prompt", "preference_accuracy", "reward_margin"]
     return pd.concat(frames, ignore_index=True)[columns]

@@ -42,6 +42,8 @@ class ValidationConfig:
     scaling_pairs: int = helped(8, "Training pairs per scaling source (1 epoch).")
     permutations: list[int] = helped([100, 500, 1000], "Monte Carlo budgets (permutations) compared with exact Shapley.")
     repeats: int = helped(20, "Monte Carlo runs per budget, with different seeds: errors are averaged over them.")
+    retrain_pairs: int = helped(256, "Held-out pairs (eval part, taken evenly across sources, prompts cut as training "
+                                     "cuts them) on which the retrain experiment values its three games.", setting=False)
     retrain_seeds: int = helped(1, "Training seeds of the retrain experiment: each coalition's adapter is trained under "
                                    "the run's first k seeds (at most as many as the run's adapters have).", setting=False)
 
@@ -57,7 +59,7 @@ class ValidationConfig:
         if not self.epochs or min(self.epochs) <= 0:
             raise ConfigError("validation.epochs must list positive numbers of epochs, e.g. 1 2 4.")
         if min(self.max_pairs, self.heldout_pairs, self.response_tokens, self.scaling_pairs, self.repeats, self.scaling_players,
-               self.retrain_seeds) < 1:
+               self.retrain_pairs, self.retrain_seeds) < 1:
             raise ConfigError("validation counts (pairs, tokens, players, repeats) must be at least 1.")
         if not self.permutations or min(self.permutations) < 2:
             raise ConfigError("validation.permutations must list budgets of at least 2 permutations.")
