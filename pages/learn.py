@@ -15,6 +15,7 @@ from pages.ui import chart, current_run
 from valuation.errors import UserError
 from valuation.games.axioms import check_axioms, number
 from valuation.runs import Run
+from valuation.validation.results import retrain_agreement, retrain_findings, retrain_values
 from valuation.views.snapshot import RunSnapshot
 from valuation.views.values import target_valuations
 from valuation.views.findings import findings_text
@@ -237,6 +238,14 @@ st.markdown("That is the whole pipeline: train n adapters, build the 2ⁿ coalit
             "each one's utility, and average marginal contributions with the formula of step 3. "
             + ("The **Shapley** page does this for the run's game." if not game.is_example else
                "Once a run has coalition utilities, the **Shapley** page does this for its game."))
+retrained = retrain_values(snapshot.run) if snapshot is not None else pd.DataFrame()
+st.markdown("**Does adding log-probabilities stand in for training on a coalition's data?** The theory says so for "
+            "DPO at convergence; small adapters trained for minutes are not converged. The Validate page's *retrain* "
+            "experiment measures it: it trains every coalition's own adapter and values the game both ways (and by "
+            "merging the adapters' weights)."
+            + (" On this run:" if not retrained.empty else " It has not run on this run."))
+if not retrained.empty:
+    st.markdown("\n".join(f"- {line}" for line in retrain_findings(retrain_agreement(retrained))))
 
 st.header("7. Which objective to read")
 st.markdown(

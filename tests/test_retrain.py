@@ -124,13 +124,17 @@ def test_when_every_union_is_one_model_no_source_adds_anything_last(runs_dir, tm
 
     findings = retrain_findings(agreement)
     assert len(findings) == 2 * 2 * 2 and all("half-widths" in line for line in findings)
+    def shown_lines(page: str) -> list[str]:  # every markdown line of the page, bullets unmarked
+        app.switch_page(page)
+        app.run()
+        assert not app.exception
+        return [line.removeprefix("- ") for m in app.markdown for line in m.value.splitlines()]
+
     app = AppTest.from_file(APP, default_timeout=60)
     app.session_state["run_name"] = run.name
-    app.switch_page("pages/validate.py")
-    app.run()
-    assert not app.exception
+    assert findings[0] in shown_lines("pages/validate.py")
     assert app.main.subheader[-1].value.startswith("6 · Retrained on every coalition's data")
-    assert findings[0] in [m.value.removeprefix("- ") for m in app.markdown]
+    assert findings[0] in shown_lines("pages/learn.py")
     report = report_html(run)
     assert escape("Retrained on every coalition's data") in report and escape(findings[0]) in report
     assert cli.main(["validate", "--run", str(run.path), "--experiments", "retrain", "--response-tokens", "6"]) == 0  # all there: reports, trains nothing
