@@ -2,16 +2,16 @@
 
     .venv/bin/python bench/bad_sources.py [--root runs/bad-sources] [--replicates 2] [--pairs 250]
 
-One data file is built at run time from the offline HH-RLHF subsets (never committed). Its sources,
-each on pairs of its own unless said otherwise:
+One data file is built at run time from one offline HH-RLHF subset (`--subset`, harmless-base by
+default; never committed). Its sources, each on pairs of its own unless said otherwise:
 
-    clean-1 .. clean-4   `--pairs` pairs each, from helpful-base and harmless-base in turn
+    clean-1 .. clean-4   `--pairs` pairs each
     flipped              `--pairs` pairs, every label swapped
     noisy-30             `--pairs` pairs, 30% of the labels swapped (a seeded choice)
     duplicate            clean-1's pairs again, under its own name (so its own training seed)
     few                  16 pairs
 
-and a trusted held-out file of `--gold` pairs from both subsets, as a buyer with a small gold set
+and a trusted held-out file of `--gold` further pairs of the subset, as a buyer with a small gold set
 would give it: every adapter's verdict and every coalition's utility are judged on it, never on the
 sources' own labels. Each replicate is a run of its own (run seed r: its own training seeds) that
 trains the eight adapters once at the quick preset; every scenario is then a game on a subset of
@@ -74,26 +74,18 @@ NOISE = 0.3
 # ---------------------------------------------------------------- the planted data
 
 
-def build_files(folder: Path, pairs: int, gold: int) -> tuple[Path, Path]:
-    """The sources' file and the trusted held-out file, from the offline HH-RLHF subsets."""
-    data = load_preferences(DataConfig(sources=["helpful-base", "harmless-base"]))
-    grouped = data.by_source()
-    pools = [grouped["helpful-base"], grouped["harmless-base"]]
-    taken = [0, 0]
+def build_files(folder: Path, subset: str, pairs: int, gold: int) -> tuple[Path, Path]:
+    """The sources' file and the trusted held-out file, from one offline HH-RLHF subset (one kind
+    of preference, so that a clean source and a flipped one pull in opposite directions)."""
+    pool = iter(load_preferences(DataConfig(sources=[subset])).by_source()[subset])
 
-    def take(count: int) -> list:  # the next pairs, from the two subsets in turn
-        rows = []
-        for k in range(count):
-            pool = k % 2
-            rows.append(pools[pool][taken[pool]])
-            taken[pool] += 1
-        return rows
+    def take(count: int) -> list:  # the next pairs of the subset, each used once
+        return [next(pool) for _ in range(count)]
 
-    noisy = take(pairs)
-    swapped = set(random.Random(0).sample(range(pairs), round(NOISE * pairs)))
     sources = {name: [(p, False) for p in take(pairs)] for name in CLEAN}
+    swapped = set(random.Random(0).sample(range(pairs), round(NOISE * pairs)))
     sources |= {"flipped": [(p, True) for p in take(pairs)],
-                "noisy-30": [(p, k in swapped) for k, p in enumerate(noisy)],
+                "noisy-30": [(p, k in swapped) for k, p in enumerate(take(pairs))],
                 "duplicate": sources["clean-1"],
                 "few": [(p, False) for p in take(FEW_PAIRS)]}
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,13 +165,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="runs/bad-sources")
     parser.add_argument("--replicates", type=int, default=2, help="Runs under run seeds 0, 1, ...")
+    parser.add_argument("--subset", default="harmless-base", help="The HH-RLHF subset every source is cut from.")
     parser.add_argument("--pairs", type=int, default=250, help="Pairs of each full-size source.")
     parser.add_argument("--gold", type=int, default=320, help="Pairs of the trusted held-out file.")
     parser.add_argument("--model", default=ModelConfig().name, help="The base model ('tiny' to try the script).")
     parser.add_argument("--train", default="{}", help="Training overrides as JSON, e.g. '{\"train_layers\": 1}'.")
     args = parser.parse_args()
     root = Path(args.root)
-    table, trusted = build_files(root / "data", args.pairs, args.gold)
+    table, trusted = build_files(root / "data", args.subset, args.pairs, args.gold)
     rows, symmetric = [], []
     for seed in range(args.replicates):
         run = replicate(root, seed, table, trusted, args.model, json.loads(args.train))
