@@ -97,8 +97,8 @@ def training_progress(status: JobStatus | None) -> None:
 
 st.subheader("Job")
 came_with = ("These are the shipped demo's adapters, trained by `python -m valuation demo` before this project was "
-             "packaged, under the quick preset of the time (learning rate 1e-3 in steps of 4 pairs, prompts too long for "
-             "the cap dropped, not cut): their curves are below." if run.name == DEMO_NAME else
+             "packaged: the quick preset (the top 4 layers, LoRA on every linear projection, up to 1,024 pairs seen "
+             "once), each source under 3 training seeds. Their curves are below." if run.name == DEMO_NAME else
              "These adapters were trained before this run's last job record: their curves are below.")
 job_panel(run, "train", status, details=training_progress, no_job=came_with if snapshot.trained else None)
 

@@ -84,9 +84,11 @@ def test_the_report_fetches_nothing(report):
 
 def test_caveats_are_said(report):
     caveats = plain(section_of(report, "caveats"))
-    assert "training noise is not in them" in caveats  # one seed per source
-    assert "Adapters that did not learn, on held-out pairs of their own source: harmless-base, helpful-base" in caveats
-    assert "pooled, sequence-level target: helpful-base on helpfulness" in caveats  # an interval spanning zero
+    assert "average over 3 training seeds of every source&#x27;s adapter, and the intervals include the spread" in caveats
+    assert "bootstrap resamples) for helpfulness (20 heads), harmlessness (20 heads)" in caveats
+    assert ("Adapters that did not learn, on held-out pairs of their own source: helpful-base@seed2, helpful-base@seed3, "
+            "helpful-online, helpful-online@seed2, helpful-online@seed3") in caveats
+    assert "pooled, sequence-level target: harmless-base on helpfulness" in caveats  # an interval spanning zero
 
 
 def test_a_reward_model_at_chance_is_said_in_words_not_drawn(tmp_path, report):
