@@ -50,6 +50,7 @@ import pandas as pd  # noqa: E402
 from valuation.config import DataConfig, ModelConfig, RunConfig  # noqa: E402
 from valuation.data.preferences import load_preferences  # noqa: E402
 from valuation.data.sources import record_sources  # noqa: E402
+from valuation.games.coalitions import parse_coalition  # noqa: E402
 from valuation.games.intervals import bootstrap_intervals  # noqa: E402
 from valuation.games.utility_table import UtilityTable  # noqa: E402
 from valuation.jobs.registry import job_config, run_job  # noqa: E402
@@ -121,8 +122,7 @@ def valuations(run: Run, sources: list[str]) -> pd.DataFrame:
     """Per valuation and source: value, lower, upper (NaN without an interval) and suspicion (higher:
     more suspect)."""
     utilities = read_utilities(accuracy_path(run))
-    members = utilities.coalition.map(lambda c: set(filter(None, c.split("+"))))
-    game = UtilityTable.from_frame(utilities[members.map(lambda m: m <= set(sources))])
+    game = UtilityTable.from_frame(utilities[utilities.coalition.map(lambda c: parse_coalition(c) <= set(sources))])
     frames = []
     for index in ("shapley", "leave-one-out"):
         result = bootstrap_intervals(game.players, game, index=index).to_frame()

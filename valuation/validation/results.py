@@ -114,7 +114,7 @@ def retrain_values(run: Run) -> pd.DataFrame:
     path = retrain_dir(run) / "utilities.csv"
     if not path.exists():
         return pd.DataFrame()
-    utilities = pd.read_csv(path, dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
+    utilities = read_utilities(path)
     frames = []
     for method, rows in utilities.groupby("method", sort=False):
         tables = [UtilityTable.from_frame(part.drop(columns=["method", "seed"])) for _, part in rows.groupby("seed")]
@@ -162,7 +162,7 @@ def retrain_coalitions(run: Run) -> pd.DataFrame:
     path = retrain_dir(run) / "utilities.csv"
     if not path.exists():
         return pd.DataFrame()
-    utilities = pd.read_csv(path, dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
+    utilities = read_utilities(path)
     long = utilities.melt(id_vars=["method", "seed", "coalition", "prompt"], var_name="objective", value_name="utility")
     wide = long.pivot_table(index=["coalition", "objective"], columns="method", values="utility", aggfunc="mean")
     wide = wide.reset_index()
