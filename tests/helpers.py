@@ -56,9 +56,11 @@ def table_rows(source: str, n: int) -> list[dict]:
              "source": source} for i in range(n)]
 
 
-def random_adapter_run(root: Path, name: str, sources: list[str], rewards=None, **data: object):
-    """A run on the tiny model whose sources have random (non-trivial) LoRA adapters, saved the way
-    training saves them: a stand-in for DPO training where only the plumbing is under test."""
+def random_adapter_run(root: Path, name: str, sources: list[str], rewards=None, layers: list[int] | None = None,
+                       **data: object):
+    """A run on the tiny model whose sources have random (non-trivial) LoRA adapters (on `layers`,
+    else every layer), saved the way training saves them: a stand-in for DPO training where only
+    the plumbing is under test."""
     from valuation.config import DataConfig, ModelConfig, RunConfig
     from valuation.data.sources import record_sources
     from valuation.lm.synthetic import save_random_adapters
@@ -68,7 +70,7 @@ def random_adapter_run(root: Path, name: str, sources: list[str], rewards=None, 
                        rewards=rewards or RewardConfig())
     run = create_run(name, config, root=root)
     record_sources(run, config.data)
-    save_random_adapters(run, sources)
+    save_random_adapters(run, sources, layers=layers)
     return run
 
 

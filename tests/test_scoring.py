@@ -16,6 +16,7 @@ from valuation.lm.models import load_model
 from valuation.lm.tokens import prompt_ids, reply_ids
 from valuation.lm.adapters import AdapterError
 from valuation.lm.scoring import score_coalitions, score_variants, variant_log_likelihoods
+from valuation.lm.trunk import shared_depth
 
 SOURCES = ["harmless-base", "helpful-base", "helpful-online"]
 A, B, C = SOURCES
@@ -84,6 +85,21 @@ def test_every_coalition_matches_brute_force(tiny, plain, responses) -> None:
             expected = brute_log_likelihood(plain, tokenizer, messages, reply, formula_terms(coalition))
             assert scores[coalition][r] == pytest.approx(expected, abs=1e-3), coalition
     assert len({round(float(scores[c][0]), 3) for c in coalitions}) == len(coalitions)  # the adapters matter
+
+
+def test_adapters_on_the_top_layer_share_the_layer_below_and_match_brute_force(tmp_path, responses) -> None:
+    top = random_adapter_run(tmp_path, "top", SOURCES, layers=[1])  # the tiny model's second of 2 layers
+    model, tokenizer = engine(top)
+    assert shared_depth(model, SOURCES) == 1 and shared_depth(engine(random_adapter_run(tmp_path, "all", SOURCES))[0], SOURCES) == 0
+    coalitions = all_coalitions(SOURCES)
+    scores = score_coalitions(model, tokenizer, responses, coalitions, max_batch_rows=8)
+    models = plain_models(top)
+    for coalition in coalitions:
+        for r, (messages, reply) in enumerate(responses):
+            expected = brute_log_likelihood(models, tokenizer, messages, reply, formula_terms(coalition))
+            assert scores[coalition][r] == pytest.approx(expected, abs=1e-3), coalition
+    assert len({round(float(scores[c][0]), 3) for c in coalitions}) == len(coalitions)  # the adapters matter
+    assert model.active_adapter == A  # the adapter the model had before scoring
 
 
 def test_any_variant_and_its_kls_match_brute_force(tiny, plain, responses) -> None:

@@ -60,14 +60,25 @@ def test_gradients_reach_only_the_top_layers_adapter():
     assert trained and all("lora_" in name and ".layers.0." not in name for name in trained)
 
 
-def test_trunks_are_cached_by_model_and_tokens(tmp_path):
+def test_trunks_are_cached_per_sequence(tmp_path):
     loaded = load_model(ModelConfig(name="tiny"))
     _, tokens = responses(loaded.tokenizer)
     computed = cached_trunk_states(loaded.model, "tiny", tokens, 1, tmp_path)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
     calls = []
     again = cached_trunk_states(loaded.model, "tiny", tokens, 1, tmp_path, progress=lambda d, t: calls.append(d))
     assert not calls  # read, not computed
     assert all(torch.equal(a, b) for a, b in zip(computed, again))
-    cached_trunk_states(loaded.model, "tiny", Tokens(tokens.ids[:1], tokens.replies[:1]), 1, tmp_path)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2  # other tokens, another entry
+    # A subset, reordered and repeated, is read too: a union of sources or a source less some pairs.
+    rows = [2, 0, 2]
+    subset = cached_trunk_states(loaded.model, "tiny", tokens.take(rows), 1, tmp_path, progress=lambda d, t: calls.append(d))
+    assert not calls and all(torch.equal(a, computed[r]) for a, r in zip(subset, rows))
+    # New sequences beside known ones: only the new ones are computed, as one more file.
+    extra = Tokens(tokens.ids[:1] + [tokens.ids[0] + [5]], tokens.replies[:1] + [tokens.replies[0] + 1])
+    mixed = cached_trunk_states(loaded.model, "tiny", extra, 1, tmp_path, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (1, 1) and len(list(tmp_path.rglob("*.safetensors"))) == 2
+    assert torch.equal(mixed[0], computed[0])
+    assert torch.allclose(mixed[1].float(), trunk_states(loaded.model, extra.take([1]), 1)[0].float())
+    # Another layer (or model) is another key.
+    cached_trunk_states(loaded.model, "tiny", tokens, 2, tmp_path)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 3

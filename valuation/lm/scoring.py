@@ -9,6 +9,8 @@ A trained model alone is [(name, 1)]; a coalition S is formula_terms(S), the ari
 sum_{l in S} log pi_l + (1 - |S|) log pi_0. Each response goes once through every model its
 variants name, one row per model in a mixed-adapter batch, so the 2^n coalitions of n sources
 cost n + 1 forward passes per response, and any number of variants is read off those passes.
+Where the adapters change only the top layers (`lm.trunk`), a response goes through the layers
+below them once, and only the top layers run n + 1 times.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from transformers import PreTrainedTokenizerBase
 
 from .adapters import check_attached
 from .arithmetic import forward_log_probs, left_pad
-from ..games.coalitions import Coalition, formula_terms
+from ..games.coalitions import BASE, Coalition, formula_terms
 from ..data.preferences import Messages
 from .tokens import prompt_ids
+from .trunk import shared_depth, shared_reply_log_probs
 from ..progress import Progress
 
 Variant = list[tuple[str, float]]  # (model name, coefficient) terms of log p, renormalised per token
@@ -91,7 +94,11 @@ def score_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
 def reply_log_probs(model: torch.nn.Module, pad_id: int, batch: list[tuple[list[int], list[int]]],
                     models: list[str]) -> list[torch.Tensor]:
     """Per (prompt, reply) of `batch`: every model's next-token log-probs at the reply's tokens,
-    [models, reply tokens, vocab], from one mixed-adapter forward pass over the whole batch."""
+    [models, reply tokens, vocab], from one mixed-adapter forward pass over the whole batch (or the
+    shared lower layers once, when the adapters leave them as the base's)."""
+    first = shared_depth(model, [m for m in models if m != BASE]) if len(models) > 1 else 0
+    if first:
+        return shared_reply_log_probs(model, pad_id, batch, models, first)
     input_ids, mask, positions = left_pad([prompt + reply for prompt, reply in batch for _ in models], pad_id)
     width = max(len(reply) for _, reply in batch)
     # Left padding puts every reply at the end: the last width + 1 positions predict them all.

@@ -10,15 +10,18 @@ from ..runs import Run
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def save_random_adapters(run: Run, sources: list[str], scale: float = 0.5, rank: int = 8) -> None:
-    """One random LoRA adapter per source (seeded by its position), B ~ N(0, scale^2)."""
+def save_random_adapters(run: Run, sources: list[str], scale: float = 0.5, rank: int = 8,
+                         layers: list[int] | None = None) -> None:
+    """One random LoRA adapter per source (seeded by its position), B ~ N(0, scale^2), on the
+    decoder layers `layers` (every layer when None)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from .models import load_model
 
     config = run.load_config()
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ATTENTION, init_lora_weights=False)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ATTENTION, init_lora_weights=False,
+                      layers_to_transform=layers)
     for index, source in enumerate(sources):
         with torch.random.fork_rng():
             torch.manual_seed(index)

@@ -18,14 +18,17 @@ predict the reply's tokens:
 With `first` = 0 the trunk is the token embeddings and every layer runs on top: the same
 functions serve adapters on every layer.
 
-Trunks are kept in bfloat16 under `cache` (a folder of the run, keyed by the model and the token
-ids), so a relaunch, a further seed or the next train job's verdicts read them instead of running
-the lower layers again.
+Trunks are kept in bfloat16 under `cache` (a folder of the run), one entry per sequence keyed by
+the model, the layer and the sequence's token ids, so a relaunch, a further seed, the next train
+job's verdicts, a union of sources (`validation.retrain`) or a source less some of its pairs reads
+them instead of running the lower layers again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +38,9 @@ import torch
 from ..errors import UserError
 from ..progress import Progress
 from ..runs import Run
+from ..games.coalitions import BASE
 from ..storage import atomic_write_bytes, digest
-from .arithmetic import left_pad, model_device
+from .arithmetic import MODEL_LOCK, left_pad, model_device
 
 TRUNK_DTYPE = torch.bfloat16  # half the memory and disk of float32; every model reads the same rounded trunk
 
@@ -136,6 +140,64 @@ def judged_replies(model: torch.nn.Module, trunks: Sequence[torch.Tensor], token
     return torch.cat(scored)
 
 
+def shared_depth(model: torch.nn.Module, adapters: Sequence[str]) -> int:
+    """How many lower decoder layers the base and every one of `adapters` share: the lowest layer
+    any of them changes (0 when one changes the embeddings, or the model cannot be split)."""
+    try:
+        stack, head = decoder(model)
+    except TrunkError:
+        return 0
+    depth = len(stack.layers)
+    for name, module in model.named_modules():
+        owned = set(getattr(module, "lora_A", {})) | set(getattr(module, "lora_embedding_A", {}))
+        if owned.isdisjoint(adapters) or isinstance(module, torch.nn.ModuleDict):
+            continue
+        layer = re.search(r"\.layers\.(\d+)\.", name)
+        if layer is None and module is not head and getattr(module, "base_layer", None) is not head:
+            return 0  # an adapter outside the decoder layers and the head: nothing below it is shared
+        depth = min(depth, int(layer.group(1))) if layer else depth
+    return depth
+
+
+@contextmanager
+def active(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """`model` as its adapter `name` alone, or as the base (BASE); the active adapter restored after."""
+    if name == BASE:
+        with model.disable_adapter():
+            yield
+        return
+    before = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield
+    finally:
+        model.set_adapter(before)
+
+
+def shared_reply_log_probs(model: torch.nn.Module, pad_id: int, batch: list[tuple[list[int], list[int]]],
+                           models: list[str], first: int) -> list[torch.Tensor]:
+    """`scoring.reply_log_probs` when every model of `models` shares the base's layers below `first`:
+    each sequence through those layers once, then through each model's top layers and head,
+
+        h = layers[:first](x, y)                               once per sequence, in the model's dtype
+        log pi_m(. | x, y<t) = log_softmax(head(norm(layers_m[first:](h))))   per model m
+
+    [models, reply tokens, vocab] per (prompt, reply) of `batch`."""
+    stack, head = decoder(model)
+    device, width = model_device(model), max(len(reply) for _, reply in batch)
+    ids, mask, positions = (t.to(device) for t in left_pad([prompt + reply for prompt, reply in batch], pad_id))
+    per_model = []
+    with MODEL_LOCK, torch.no_grad():
+        trunk = run_layers(stack, stack.embed_tokens(ids), mask, positions, stack.layers[:first])
+        for name in models:
+            with active(model, name):
+                top = stack.norm(run_layers(stack, trunk, mask, positions, stack.layers[first:]))
+            # Left padding puts every reply at the end: the width positions before the last predict them all.
+            per_model.append(head(top[:, -width - 1:-1]).float().log_softmax(-1))
+    log_probs = torch.stack(per_model, 1)  # [batch, models, width, vocab]
+    return [log_probs[b, :, width - len(reply):] for b, (_, reply) in enumerate(batch)]
+
+
 def trunk_cache(run: Run) -> Path:
     """Where a run keeps its trunks: disposable, rebuilt on demand, never shipped with a run's results."""
     return run.path / "cache" / "trunks"
@@ -143,18 +205,28 @@ def trunk_cache(run: Run) -> Path:
 
 def cached_trunk_states(model: torch.nn.Module, model_name: str, tokens: Tokens, first: int, cache: Path | None,
                         progress: Progress | None = None) -> list[torch.Tensor]:
-    """`trunk_states`, read from `cache` when the same model computed them for the same token ids
-    before, and written there otherwise (the embeddings alone, `first` 0, are never worth keeping)."""
-    from safetensors.torch import load_file, save
+    """`trunk_states`, each sequence read from `cache` when the same model computed it before (in
+    any earlier call, whatever the other sequences were), and only the rest computed and written
+    there as one more file (the embeddings alone, `first` 0, are never worth keeping)."""
+    from safetensors import safe_open
+    from safetensors.torch import save
 
-    path = cache / f"{digest({'model': model_name, 'first': first, 'ids': tokens.ids})}.safetensors" if cache else None
-    if path is not None and first > 0 and path.exists():
-        stored = load_file(path)
-        return [stored[str(k)] for k in range(len(tokens))]
-    states = trunk_states(model, tokens, first, progress=progress)
-    if path is not None and first > 0:
-        atomic_write_bytes(path, save({str(k): state.contiguous() for k, state in enumerate(states)}))
-    return states
+    if cache is None or first == 0:
+        return trunk_states(model, tokens, first, progress=progress)
+    folder = cache / digest({"model": model_name, "first": first})
+    keys = [digest(ids) for ids in tokens.ids]
+    found: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as stored:
+            for key in set(keys).intersection(stored.keys()).difference(found):
+                found[key] = stored.get_tensor(key)
+    missing = list({key: row for row, key in enumerate(keys) if key not in found}.values())  # once each
+    if missing:
+        computed = dict(zip((keys[r] for r in missing), trunk_states(model, tokens.take(missing), first, progress=progress)))
+        atomic_write_bytes(folder / f"{digest(sorted(computed))}.safetensors",
+                           save({key: state.contiguous() for key, state in computed.items()}))
+        found |= computed
+    return [found[key] for key in keys]
 
 
 def precision(name: str, device: torch.device) -> Any:
