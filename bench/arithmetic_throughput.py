@@ -12,6 +12,9 @@ depend on what an adapter learned. Same prompts, lengths and dtype on both sides
 its own subprocess (this script re-invoked with --side) so that its peak RSS is its own.
 
     .venv/bin/python bench/arithmetic_throughput.py [--adapters 4] [--prompts 4] [--new-tokens 32]
+    .venv/bin/python bench/arithmetic_throughput.py --device cuda --dtype bfloat16   # on a GPU (bench/gpu.sh)
+
+On a GPU each side also reports its peak GPU memory (torch.cuda.max_memory_allocated).
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def side_b(args, loaded, prompts) -> Callable[[], list[list[int]]]:
 @torch.no_grad()
 def generate_one_coalition(models, terms, tokenizer, prompts, settings, stops) -> list[list[int]]:
     input_ids, mask, positions = left_pad([prompt_ids(tokenizer, m) for m in prompts], tokenizer.pad_token_id)
+    device = next(next(iter(models.values())).parameters()).device
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
     generators = [group_generator(settings.seed, p, 0) for p in range(len(prompts))]
     caches = {name: None for name, _ in terms}
     tokens = [[] for _ in prompts]
@@ -124,7 +129,7 @@ def generate_one_coalition(models, terms, tokenizer, prompts, settings, stops) -
 
 def run_side(args) -> None:
     torch.set_num_threads(args.threads)
-    loaded = load_model(ModelConfig(name="embedded", device="cpu", dtype=args.dtype))
+    loaded = load_model(ModelConfig(name=args.model, device=args.device, dtype=args.dtype))
     loaded_rss = peak_rss_mb()
     prompts = [[{"role": "user", "content": text}] for text in (PROMPTS * 8)[:args.prompts]]
     generate = (side_a if args.side == "a" else side_b)(args, loaded, prompts)  # setup is not timed
@@ -132,8 +137,10 @@ def run_side(args) -> None:
     token_ids = generate()
     seconds = time.perf_counter() - start
     tokens = sum(len(ids) for ids in token_ids)
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if loaded.model.device.type == "cuda" else None
     print(json.dumps({"side": args.side, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                      "peak_rss_mb": peak_rss_mb(), "base_loaded_rss_mb": loaded_rss, "token_ids": token_ids}))
+                      "peak_rss_mb": peak_rss_mb(), "base_loaded_rss_mb": loaded_rss, "peak_gpu_mb": gpu,
+                      "token_ids": token_ids}))
 
 
 def peak_rss_mb() -> float:
@@ -146,6 +153,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N' (default cpu, as measured below)")
+    parser.add_argument("--model", default="embedded", help="base model: 'embedded' (measured) or 'tiny' (a smoke test)")
     parser.add_argument("--max-batch-rows", type=int, default=SamplingSettings.max_batch_rows)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per side (1: stable on a shared machine, where 2 threads spin-wait)")
@@ -163,12 +172,15 @@ def main() -> None:
     groups = len(a["token_ids"])
     same = sum(x == y for x, y in zip(a["token_ids"], b["token_ids"]))
     print(f"{args.adapters} adapters, {2 ** args.adapters} coalitions x {args.prompts} prompts, "
-          f"{args.new_tokens} new tokens, {args.dtype}, max batch rows {args.max_batch_rows}, {args.threads} thread(s)")
+          f"{args.new_tokens} new tokens, {args.model} model on {args.device}, {args.dtype}, "
+          f"max batch rows {args.max_batch_rows}, {args.threads} thread(s)")
     for name, r in (("(a) arithmetic sampler, one model", a), ("(b) one model copy per term", b)):
+        gpu = f" peak GPU {r['peak_gpu_mb']:7.0f} MB" if r.get("peak_gpu_mb") is not None else ""
         print(f"{name:36s} {r['tokens']:6d} tokens {r['seconds']:7.1f} s {r['tokens_per_s']:7.1f} tok/s "
-              f"peak RSS {r['peak_rss_mb']:7.0f} MB")
+              f"peak RSS {r['peak_rss_mb']:7.0f} MB{gpu}")
     print(f"throughput (a)/(b): {a['tokens_per_s'] / b['tokens_per_s']:.2f}x   "
           f"memory (b)/(a): {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x   "
+          + (f"GPU memory (b)/(a): {b['peak_gpu_mb'] / a['peak_gpu_mb']:.2f}x   " if a.get("peak_gpu_mb") else "") +
           f"identical responses: {same}/{groups} (same seeds; differences are float rounding near ties)")
     print(f"peak RSS right after loading the base model (both sides): {a['base_loaded_rss_mb']:.0f} MB")
 

@@ -44,10 +44,12 @@ def test_cli_sources_lists_and_records(runs_dir, capsys):
     assert main(["sources"]) == 0
     out = capsys.readouterr().out
     assert "harmless-base" in out and "helpful-rejection-sampled" in out
-    assert main(["sources", "--run", str(runs_dir / "r"), "--new", "--sources", "helpful-base", "harmless-base"]) == 0
+    assert main(["sources", "--run", str(runs_dir / "r"), "--new", "--sources", "helpful-base", "harmless-base",
+                 "--eval-prompts", "40"]) == 0
     run = Run.named("r")
     assert run.load_config().data.sources == ["helpful-base", "harmless-base"]
     assert sorted(run.load_split()["train_pairs"]) == ["harmless-base", "helpful-base"]
+    assert run.load_config().data.eval_prompts == 40 and len(run.load_split()["eval_prompt_ids"]) == 40
 
 
 def test_cli_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):

@@ -16,7 +16,8 @@ from valuation.lm.models import load_model
 from valuation.lm.tokens import prompt_ids, reply_ids
 from valuation.lm.adapters import AdapterError
 from valuation.lm.scoring import score_coalitions, score_variants, variant_log_likelihoods
-from valuation.lm.trunk import shared_depth
+from valuation.lm import scoring
+from valuation.lm.trunk import TrunkError, shared_depth
 
 SOURCES = ["harmless-base", "helpful-base", "helpful-online"]
 A, B, C = SOURCES
@@ -87,10 +88,17 @@ def test_every_coalition_matches_brute_force(tiny, plain, responses) -> None:
     assert len({round(float(scores[c][0]), 3) for c in coalitions}) == len(coalitions)  # the adapters matter
 
 
-def test_adapters_on_the_top_layer_share_the_layer_below_and_match_brute_force(tmp_path, responses) -> None:
+@pytest.mark.parametrize("split", [True, False])
+def test_adapters_on_the_top_layer_share_the_layer_below_and_match_brute_force(tmp_path, responses, monkeypatch,
+                                                                                 split) -> None:
     top = random_adapter_run(tmp_path, "top", SOURCES, layers=[1])  # the tiny model's second of 2 layers
     model, tokenizer = engine(top)
     assert shared_depth(model, SOURCES) == 1 and shared_depth(engine(random_adapter_run(tmp_path, "all", SOURCES))[0], SOURCES) == 0
+    if not split:  # a decoder the trunk cannot split: every model reads every (prompt, reply) in mixed batches
+        monkeypatch.setattr(scoring, "decoder", lambda model: (_ for _ in ()).throw(TrunkError("not split")))
+    # Replies of several lengths under one prompt: read together on its cached keys and values, right-padded.
+    messages, reply = responses[1]
+    responses = [*responses, (messages, reply[:1]), (messages, reply + reply), (responses[0][0], reply[:2])]
     coalitions = all_coalitions(SOURCES)
     scores = score_coalitions(model, tokenizer, responses, coalitions, max_batch_rows=8)
     models = plain_models(top)

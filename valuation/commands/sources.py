@@ -18,6 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="A run directory (runs/NAME): record the chosen sources and split there.")
     parser.add_argument("--sources", nargs="*", default=[], help=field_help(DataConfig, "sources"))
     parser.add_argument("--heldout-file", default="", help=field_help(DataConfig, "heldout_file"))
+    parser.add_argument("--eval-prompts", type=int, default=DataConfig.eval_prompts,
+                        help=field_help(DataConfig, "eval_prompts") + " The paper preset evaluates 200.")
     parser.add_argument("--new", action="store_true", help="Create the run if it does not exist yet.")
 
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     data_config = DataConfig(dataset=args.data, data_dir=args.data_dir,
                              ultrafeedback_file=args.ultrafeedback_file, sources=args.sources,
-                             heldout_file=args.heldout_file)
+                             heldout_file=args.heldout_file, eval_prompts=args.eval_prompts)
     data_config.validate()
     data = load_preferences(data_config)
     print(describe_sources(data).to_string())

@@ -9,13 +9,14 @@ A trained model alone is [(name, 1)]; a coalition S is formula_terms(S), the ari
 sum_{l in S} log pi_l + (1 - |S|) log pi_0. Each response goes once through every model its
 variants name, one row per model in a mixed-adapter batch, so the 2^n coalitions of n sources
 cost n + 1 forward passes per response, and any number of variants is read off those passes.
-Where the adapters change only the top layers (`lm.trunk`), a response goes through the layers
-below them once, and only the top layers run n + 1 times.
+On a decoder that can be split (`lm.trunk`), each prompt is read once per model and its responses
+continue from its keys and values together; where the adapters change only the top layers, a
+response goes through the layers below them once, and only the top layers run n + 1 times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,7 +29,7 @@ from .arithmetic import forward_log_probs, left_pad
 from ..games.coalitions import BASE, Coalition, formula_terms
 from ..data.preferences import Messages
 from .tokens import prompt_ids
-from .trunk import shared_depth, shared_reply_log_probs
+from .trunk import TrunkError, decoder, read_prompt, read_replies, shared_depth
 from ..progress import Progress
 
 Variant = list[tuple[str, float]]  # (model name, coefficient) terms of log p, renormalised per token
@@ -68,16 +69,16 @@ def score_variants(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     encoded = [(prompt_ids(tokenizer, messages), list(reply)) for messages, reply in responses]
     log_likelihoods = np.zeros((len(keys), len(encoded)))
     kls = np.zeros((len(kl_pairs), len(encoded)))
-    per_batch = max(1, max_batch_rows // len(models))
-    for first in range(0, len(encoded), per_batch):
-        batch = encoded[first:first + per_batch]
-        for b, log_probs in enumerate(reply_log_probs(model, tokenizer.pad_token_id, batch, models)):
+    done, per_batch = 0, max(1, max_batch_rows // len(models))
+    for rows, batch_log_probs in scored_replies(model, tokenizer.pad_token_id, encoded, models, per_batch):
+        for r, log_probs in zip(rows, batch_log_probs):
             weights = coefficients.to(log_probs.device)
-            log_likelihoods[:, first + b] = variant_log_likelihoods(log_probs, batch[b][1], weights)
+            log_likelihoods[:, r] = variant_log_likelihoods(log_probs, encoded[r][1], weights)
             if kl_rows:
-                kls[:, first + b] = kl_divergences(combine(log_probs, weights[compared]), kl_rows)
+                kls[:, r] = kl_divergences(combine(log_probs, weights[compared]), kl_rows)
+        done += len(rows)
         if progress is not None:
-            progress(first + len(batch), len(encoded))
+            progress(done, len(encoded))
     return Scores({key: log_likelihoods[v] for v, key in enumerate(keys)},
                   {pair: kls[k] for k, pair in enumerate(kl_pairs)})
 
@@ -91,14 +92,34 @@ def score_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                           progress=progress).log_likelihoods
 
 
+def scored_replies(model: torch.nn.Module, pad_id: int, encoded: list[tuple[list[int], list[int]]], models: list[str],
+                   per_batch: int) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """(rows, each row's [models, reply tokens, vocab] next-token log-probs) per batch of at most
+    `per_batch` responses. A decoder that can be split (`lm.trunk`) reads each prompt once per model
+    and the layers every model shares with the base once per reply; any other model runs each
+    (prompt, reply) under every model in mixed-adapter batches."""
+    try:
+        decoder(model)
+    except TrunkError:
+        for start in range(0, len(encoded), per_batch):
+            rows = list(range(start, min(start + per_batch, len(encoded))))
+            yield rows, reply_log_probs(model, pad_id, [encoded[r] for r in rows], models)
+        return
+    first = shared_depth(model, [m for m in models if m != BASE])
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for r, (prompt, _) in enumerate(encoded):
+        by_prompt.setdefault(tuple(prompt), []).append(r)
+    for prompt, rows in by_prompt.items():
+        read = read_prompt(model, list(prompt), models, first)
+        for start in range(0, len(rows), per_batch):
+            chunk = rows[start:start + per_batch]
+            yield chunk, read_replies(model, read, [encoded[r][1] for r in chunk])
+
+
 def reply_log_probs(model: torch.nn.Module, pad_id: int, batch: list[tuple[list[int], list[int]]],
                     models: list[str]) -> list[torch.Tensor]:
     """Per (prompt, reply) of `batch`: every model's next-token log-probs at the reply's tokens,
-    [models, reply tokens, vocab], from one mixed-adapter forward pass over the whole batch (or the
-    shared lower layers once, when the adapters leave them as the base's)."""
-    first = shared_depth(model, [m for m in models if m != BASE]) if len(models) > 1 else 0
-    if first:
-        return shared_reply_log_probs(model, pad_id, batch, models, first)
+    [models, reply tokens, vocab], from one mixed-adapter forward pass over the whole batch."""
     input_ids, mask, positions = left_pad([prompt + reply for prompt, reply in batch for _ in models], pad_id)
     width = max(len(reply) for _, reply in batch)
     # Left padding puts every reply at the end: the last width + 1 positions predict them all.

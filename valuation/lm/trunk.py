@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,16 +79,20 @@ def layer_count(model: torch.nn.Module) -> int:
 
 
 def run_layers(stack: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-               layers: Sequence[torch.nn.Module]) -> torch.Tensor:
+               layers: Sequence[torch.nn.Module], cache: Any = None) -> torch.Tensor:
     """`hidden` [batch, tokens, width] through `layers`, as the decoder itself runs them (causal
-    attention over the left-padded mask, rotary positions)."""
+    attention over the padded mask, rotary positions). With a `cache` (transformers' DynamicCache)
+    the tokens attend to the keys and values it holds for these layers too, and add theirs to it;
+    `mask` then covers the cached tokens and the new ones."""
     from transformers.masking_utils import create_causal_mask
 
-    causal_mask = create_causal_mask(config=stack.config, inputs_embeds=hidden, attention_mask=mask, cache=None,
-                                     position_ids=positions)
+    index = list(stack.layers).index(layers[0]) if len(layers) else 0  # the cache layer that sizes the mask
+    causal_mask = create_causal_mask(config=stack.config, inputs_embeds=hidden, attention_mask=mask, cache=cache,
+                                     position_ids=positions, layer_idx=index)
     rotary = stack.rotary_emb(hidden, position_ids=positions)
     for layer in layers:
-        hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=rotary, position_ids=positions)
+        hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=rotary, position_ids=positions,
+                       cache=cache, use_cache=cache is not None)
     return hidden
 
 
@@ -162,8 +166,8 @@ def shared_depth(model: torch.nn.Module, adapters: Sequence[str]) -> int:
 @contextmanager
 def active(model: torch.nn.Module, name: str) -> Iterator[None]:
     """`model` as its adapter `name` alone, or as the base (BASE); the active adapter restored after."""
-    if name == BASE:
-        with model.disable_adapter():
+    if name == BASE or not hasattr(model, "peft_config"):
+        with model.disable_adapter() if hasattr(model, "peft_config") else nullcontext():
             yield
         return
     before = model.active_adapter
@@ -174,28 +178,71 @@ def active(model: torch.nn.Module, name: str) -> Iterator[None]:
         model.set_adapter(before)
 
 
-def shared_reply_log_probs(model: torch.nn.Module, pad_id: int, batch: list[tuple[list[int], list[int]]],
-                           models: list[str], first: int) -> list[torch.Tensor]:
-    """`scoring.reply_log_probs` when every model of `models` shares the base's layers below `first`:
-    each sequence through those layers once, then through each model's top layers and head,
+@dataclass
+class ReadPrompt:
+    """A prompt read once by every model: the keys and values of the layers below `first` (shared
+    by all), of each model's layers from `first` up, and each model's next-token log-probs after it."""
 
-        h = layers[:first](x, y)                               once per sequence, in the model's dtype
-        log pi_m(. | x, y<t) = log_softmax(head(norm(layers_m[first:](h))))   per model m
+    length: int
+    first: int
+    lower: Any  # DynamicCache over layers[:first]
+    upper: dict[str, Any]  # model -> DynamicCache over its layers[first:]
+    after: torch.Tensor  # [models, vocab]: log pi_m(. | x), the first reply token's distribution
 
-    [models, reply tokens, vocab] per (prompt, reply) of `batch`."""
+
+def read_prompt(model: torch.nn.Module, prompt: list[int], models: list[str], first: int) -> ReadPrompt:
+    """The prompt through the layers below `first` once, then through each model's top layers."""
+    from transformers import DynamicCache
+
     stack, head = decoder(model)
-    device, width = model_device(model), max(len(reply) for _, reply in batch)
-    ids, mask, positions = (t.to(device) for t in left_pad([prompt + reply for prompt, reply in batch], pad_id))
+    device = model_device(model)
+    ids, mask = torch.tensor([prompt], device=device), torch.ones(1, len(prompt), dtype=torch.long, device=device)
+    positions = torch.arange(len(prompt), device=device)[None]
+    lower, upper, after = DynamicCache(config=stack.config), {}, []
+    with MODEL_LOCK, torch.no_grad():
+        trunk = run_layers(stack, stack.embed_tokens(ids), mask, positions, stack.layers[:first], lower)
+        for name in models:
+            upper[name] = DynamicCache(config=stack.config)
+            with active(model, name):
+                top = stack.norm(run_layers(stack, trunk, mask, positions, stack.layers[first:], upper[name]))
+            after.append(head(top[0, -1]).float().log_softmax(-1))
+    return ReadPrompt(len(prompt), first, lower, upper, torch.stack(after))
+
+
+def read_replies(model: torch.nn.Module, prompt: ReadPrompt, replies: list[list[int]]) -> list[torch.Tensor]:
+    """Each reply's next-token log-probs under every model of `prompt`, [models, reply tokens, vocab]:
+    the replies together (right-padded) on the prompt's cached keys and values,
+
+        h = layers[:first](y | x)                                once per reply, for all models
+        log pi_m(. | x, y<t) = log_softmax(head(norm(layers_m[first:](h | x))))   per model m
+
+    so neither the prompt nor the layers every model shares with the base are read twice."""
+    import copy
+
+    stack, head = decoder(model)
+    device, length, width = model_device(model), prompt.length, max(len(reply) for reply in replies)
+    ids = torch.tensor([reply + [0] * (width - len(reply)) for reply in replies], device=device)
+    mask = torch.tensor([[1] * (length + len(reply)) + [0] * (width - len(reply)) for reply in replies], device=device)
+    positions = (length + torch.arange(width, device=device))[None].expand(len(replies), -1)
+
+    def cache_for_all(cache: Any) -> Any:  # the prompt's keys and values, once per reply
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(len(replies))
+        return cache
+
     per_model = []
     with MODEL_LOCK, torch.no_grad():
-        trunk = run_layers(stack, stack.embed_tokens(ids), mask, positions, stack.layers[:first])
-        for name in models:
+        trunk = run_layers(stack, stack.embed_tokens(ids), mask, positions, stack.layers[:prompt.first],
+                           cache_for_all(prompt.lower))
+        for name, after in zip(prompt.upper, prompt.after):
             with active(model, name):
-                top = stack.norm(run_layers(stack, trunk, mask, positions, stack.layers[first:]))
-            # Left padding puts every reply at the end: the width positions before the last predict them all.
-            per_model.append(head(top[:, -width - 1:-1]).float().log_softmax(-1))
-    log_probs = torch.stack(per_model, 1)  # [batch, models, width, vocab]
-    return [log_probs[b, :, width - len(reply):] for b, (_, reply) in enumerate(batch)]
+                top = stack.norm(run_layers(stack, trunk, mask, positions, stack.layers[prompt.first:],
+                                            cache_for_all(prompt.upper[name])))
+            # Reply token 0 follows the prompt; token t > 0 follows reply position t - 1.
+            later = head(top[:, :width - 1]).float().log_softmax(-1)  # [replies, width - 1, vocab]
+            per_model.append(torch.cat([after.expand(len(replies), 1, -1), later], 1))
+    log_probs = torch.stack(per_model, 1)  # [replies, models, width, vocab]
+    return [log_probs[r, :, :len(reply)] for r, reply in enumerate(replies)]
 
 
 def trunk_cache(run: Run) -> Path:

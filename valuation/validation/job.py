@@ -13,7 +13,7 @@ from .inputs import read_inputs
 from .results import summary
 from .retrain import run_retrain
 from .scaling import run_scaling
-from .settings import SETTINGS_FILE, ValidationConfig, ValidationError, recorded_config, results_dir
+from .settings import SETTINGS_FILE, TRAINING_EXPERIMENTS, ValidationConfig, ValidationError, recorded_config, results_dir
 from .trained import compare_trained
 
 if TYPE_CHECKING:
@@ -26,7 +26,8 @@ def run_validate(context: RunContext, config: ValidationConfig, reporter: Report
     check_settings(results_dir(context.run, config.folder), config)
     inputs = read_inputs(context, config)
     sources = chosen_sources(config, sorted(inputs.train))
-    reporter.log(f"validating on {', '.join(sources)}: {', '.join(config.experiments)}")
+    trains = [e for e in config.experiments if e in TRAINING_EXPERIMENTS]  # retrain names its own sources
+    reporter.log(f"validating: {', '.join(config.experiments)}" + (f"; {', '.join(trains)} on {', '.join(sources)}" if trains else ""))
     main = config.epochs[0]
     plan = [("accuracy", lambda: run_accuracy(inputs, reporter)),
             ("sequential", lambda: compare_trained(inputs, sources, main, "sequential", reporter)),

@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..runs import Run
 
 EXPERIMENTS = ("sequential", "pooled", "epochs", "accuracy", "scaling", "retrain")
+TRAINING_EXPERIMENTS = ("sequential", "pooled", "epochs")  # those that train on the validation's sources
 DEFAULT_EXPERIMENTS = [e for e in EXPERIMENTS if e != "retrain"]  # retrain: hours on a CPU, asked for by name
 SETTINGS_FILE = "settings.json"  # in each results folder: the settings that made its results
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")

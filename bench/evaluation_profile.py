@@ -1,0 +1,140 @@
+"""Where one real evaluation's time goes, stage by stage; with --before, the same on an earlier
+commit side by side, so a change's gain is a ratio measured in one run.
+
+    .venv/bin/python bench/evaluation_profile.py                     # this tree, the demo's adapters
+    .venv/bin/python bench/evaluation_profile.py --before 9fafd9c    # and that commit, in a git worktree
+    .venv/bin/python bench/evaluation_profile.py --run runs/mine     # a run of your own (adapters, reward models)
+
+One pooled evaluation (the evaluate job, 4 prompts of up to 48 tokens by default) of a copy of the
+run, under cProfile, then the Shapley values with their bootstrap and the adapters' verdicts on a few
+held-out pairs each. A stage is the cumulative time of the functions that do it:
+
+    sampling            the pool and any direct fallback (lm.arithmetic.sample_coalitions)
+    teacher forcing     every model's next-token log-probs of every pooled response
+    token-level weights each coalition's log-probs renormalised over the vocabulary (variant_log_likelihoods)
+    reward features     the reward models' scoring of responses
+    reward-free         held-out preference accuracy and margin of every coalition (evaluate_preferences)
+    bootstrap           the Shapley values with their intervals (value_sources)
+    verdicts            each adapter judged on held-out pairs of its source (adapter_verdicts)
+
+Stages nest (teacher forcing and token-level weights run inside weighing and inside the reward-free
+utilities), so they do not add up to the total. Each side runs in its own process with the same
+torch threads (1 by default: steady on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STAGES = {  # stage -> (file suffix, function names): the outermost match's cumulative time
+    "sampling": ("valuation/lm/arithmetic.py", ("sample_coalitions",)),
+    "teacher forcing": ("valuation/lm/scoring.py", ("scored_replies", "reply_log_probs")),
+    "token-level weights": ("valuation/lm/scoring.py", ("variant_log_likelihoods",)),
+    "reward features": ("valuation/rewards/models.py", ("score", "score_heads")),
+    "reward-free": ("valuation/evaluation/job.py", ("evaluate_preferences",)),
+    "bootstrap": ("valuation/games/values.py", ("value_sources",)),
+    "verdicts": ("valuation/training/verdicts.py", ("adapter_verdicts",)),
+}
+
+
+def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
+    """Each stage's time: the largest cumulative time among its functions (the outermost call)."""
+    found = dict.fromkeys(STAGES, 0.0)
+    for (file, _, name), (_, _, _, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        for stage, (suffix, names) in STAGES.items():
+            if file.endswith(suffix) and name in names:
+                found[stage] = max(found[stage], cumulative)
+    return found
+
+
+def profile(tree: Path, run_path: Path, prompts: int, tokens: int, verdict_pairs: int, threads: int) -> dict:
+    """One side: the evaluation, values and verdicts of a copy of `run_path`, with `tree`'s valuation."""
+    sys.path.insert(0, str(tree))
+    import valuation  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+    import torch
+
+    from valuation.evaluation.settings import EvaluationConfig
+    from valuation.games.values import value_sources
+    from valuation.jobs.demo import DEMO_PROMPTS
+    from valuation.jobs.registry import run_job
+    from valuation.progress import Reporter
+    from valuation.runs import Run
+    from valuation.runtime.context import RunContext
+    from valuation.training.verdicts import adapter_verdicts
+    from valuation.views.snapshot import RunSnapshot
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="profile-") as scratch:
+        run = Run(Path(scratch) / run_path.name)
+        shutil.copytree(run_path, run.path, ignore=shutil.ignore_patterns("evaluation", "validation", "job", "job.lock"))
+        prompts_file = str(DEMO_PROMPTS) if (run_path / "README.md").exists() else ""  # the demo's own prompts
+        config = EvaluationConfig(prompts=prompts, max_new_tokens=tokens, prompts_file=prompts_file)
+        profiler, started = cProfile.Profile(), time.monotonic()
+        profiler.enable()
+        run_job(run, "evaluate", config)
+        evaluated = time.monotonic() - started
+        snapshot = RunSnapshot(run)
+        value_sources(snapshot.store.load(), snapshot.valuation_config)
+        adapter_verdicts(RunContext.open(run), Reporter(run.path / "profile-events.jsonl"), verdict_pairs)
+        profiler.disable()
+        total = time.monotonic() - started
+    return {"tree": str(tree), "evaluation s": evaluated, "total s": total,
+            **stage_seconds(pstats.Stats(profiler))}
+
+
+def side(tree: Path, args: argparse.Namespace) -> dict:
+    """`profile` in a fresh process (its own imports, threads and memory)."""
+    command = [sys.executable, __file__, "--side", str(tree), "--run", str(args.run), "--prompts", str(args.prompts),
+               "--tokens", str(args.tokens), "--verdict-pairs", str(args.verdict_pairs), "--threads", str(args.threads)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=here / "assets" / "demo-run", help="A run with adapters and reward models.")
+    parser.add_argument("--before", default="", help="A commit to profile side by side (checked out in a worktree).")
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--verdict-pairs", type=int, default=16, help="Held-out pairs per adapter for the verdicts.")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--side", type=Path, help=argparse.SUPPRESS)  # internal: profile this tree, print JSON
+    args = parser.parse_args()
+    args.run = args.run.resolve()
+    if args.side:
+        print(json.dumps(profile(args.side, args.run, args.prompts, args.tokens, args.verdict_pairs, args.threads)))
+        return
+    columns = {"this tree": side(here, args)}
+    if args.before:
+        with tempfile.TemporaryDirectory(prefix="before-") as scratch:
+            worktree = Path(scratch) / "tree"
+            subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", str(worktree), args.before],
+                           check=True, capture_output=True)
+            try:
+                (worktree / ".venv").symlink_to(here / ".venv")
+                columns = {args.before: side(worktree, args), **columns}
+            finally:
+                subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(worktree)], check=True)
+    rows = ["evaluation s", "total s", *STAGES]
+    names = list(columns)
+    print(f"| stage | {' | '.join(names)} |" + (" before / after |" if len(names) == 2 else ""))
+    print("| --- " * (len(names) + 1 + (len(names) == 2)) + "|")
+    for row in rows:
+        cells = [f"{columns[n][row]:.1f}" for n in names]
+        ratio = ([f"{columns[names[0]][row] / columns[names[1]][row]:.2f}x" if columns[names[1]][row] else "n/a"]
+                 if len(names) == 2 else [])
+        print(f"| {row} | {' | '.join(cells + ratio)} |")
+
+
+if __name__ == "__main__":
+    main()
