@@ -97,7 +97,7 @@ def test_select_pairs_counts_whole_truncated_and_dropped(tokenizer) -> None:
 
 def test_the_sources_preview_and_validation_fit_prompts_as_training_does(tokenizer) -> None:
     from valuation.training.pairs import dropped_warning, prompt_fit
-    from valuation.validation.inputs import fitting_pairs
+    from valuation.training.pairs import fitting_pairs
 
     train = {"chat": [PreferencePair("chat", conversation(8), "y", "n", i) for i in range(4)],
              "essay": [PreferencePair("essay", [user(f"{i} {LONG}")] if i % 2 else [user(f"{i}?")], "y", "n", i)

@@ -27,6 +27,7 @@ from ..rewards.job import PRESETS as REWARD_PRESETS, RewardJobConfig, run_reward
 from ..runs import Run
 from ..runtime.context import RunContext
 from ..runtime.quiet import quiet_libraries
+from ..training.audit import PRESETS as AUDIT_PRESETS, AuditConfig, run_audit
 from ..training.job import run_train
 from ..training.settings import PRESETS as TRAIN_PRESETS, TrainConfig
 from ..validation.job import run_validate
@@ -57,6 +58,8 @@ JOBS: dict[str, JobKind] = {
                         EvaluationConfig, EVALUATE_PRESETS, run_evaluate, parallel=True),
     "validate": JobKind("Check the arithmetic on a run: sequential and pooled DPO, epochs, preference accuracy, "
                         "Monte Carlo error at n = 8.", ValidationConfig, VALIDATE_PRESETS, run_validate),
+    "audit": JobKind("Score each pair of a source by the other sources' adapters; flag and export the ones they label "
+                     "the other way.", AuditConfig, AUDIT_PRESETS, run_audit),
 }
 
 

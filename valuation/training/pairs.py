@@ -6,6 +6,7 @@ too many of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -54,6 +55,13 @@ def select_pairs(pairs: list["PreferencePair"], tokenizer: Any, config: TrainCon
             "rejected": [{"role": "assistant", "content": pair.rejected}],
         })
     return SourcePairs(rows, len(rows) - truncated, truncated, dropped)
+
+
+def fitting_pairs(pairs: list["PreferencePair"], tokenizer: Any, max_prompt_length: int, count: int) -> list["PreferencePair"]:
+    """The first `count` pairs whose prompt fits once cut to its end (tokens.fit_prompt), with that
+    prompt: exactly what training takes (training.select_pairs)."""
+    fitted = ((p, fit_prompt(tokenizer, p.prompt, max_prompt_length)) for p in pairs)
+    return list(islice((replace(p, prompt=prompt) for p, prompt in fitted if prompt is not None), count))
 
 
 def dropped_warning(counts: dict[str, tuple[int, int]]) -> str | None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..data.splits import verdict_pairs
+from ..games.coalitions import BASE
 from ..lm.adapters import adapters_dir, load_adapters, read_record, source_and_replica, trained_adapters
 from ..storage import atomic_write_json, atomic_write_text, digest
 from ..rewards.heldout import judged
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..progress import Reporter
     from ..runs import Run
     from ..runtime.context import RunContext
+    from .settings import TrainConfig
 
 
 VERDICTS_FILE = "heldout.csv"  # in <run>/adapters/, beside the adapters it judges
@@ -45,9 +46,6 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
     base, with 95% intervals, and a verdict: 'learned' when the margin's interval lies above 0,
     'learned the opposite' below it, else 'indistinguishable from the base' (saying so when too few
     pairs were left to judge a weak effect). Written to adapters/heldout.csv, kept while the adapters are."""
-    from ..lm.trunk import cached_trunk_states, judged_replies, precision, trunk_cache  # torch: only when judging
-    from .top_layers import first_trained_layer, pair_tokens
-
     adapters = trained_adapters(context.run)  # each source's, and those under further seeds
     path = adapters_dir(context.run) / VERDICTS_FILE
     records = {a: read_record(context.run, a) for a in adapters}
@@ -67,27 +65,19 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
         read = max(records[a]["pairs_used"] + records[a].get("pairs_dropped_by_length", 0) for a in seeds)
         pairs = verdict_pairs(source, context.data, context.split, context.config.data, read)
         rows = select_pairs(pairs, tokenizer, replace(settings, max_pairs=pairs_per_source)).rows
-        tokens = pair_tokens(rows, tokenizer, settings.max_length)
-        first = first_trained_layer(base.model, settings)
-        with _base_only(base.model), precision(settings.precision, base.device):
-            trunks = cached_trunk_states(base.model, base.name, tokens, first, trunk_cache(context.run),
-                                         progress=reporter.stage(f"{source}: held-out pairs, lower layers"))
-            tokens_key = digest({"model": base.name, "first": first, "ids": tokens.ids})
-            # The base's log-likelihoods, once per run and set of pairs (a trusted held-out set judges every source).
-            known = {kept_base["tokens"]: kept_base["log_likelihoods"] for kept_base in bases.values()}
-            scored = known.get(tokens_key) or judged_replies(
-                base.model, trunks, tokens, first, progress=reporter.stage(f"{source}: held-out pairs, base")).tolist()
-            bases[source] = {"tokens": tokens_key, "log_likelihoods": scored}
-        plan[source] = (seeds, settings, first, tokens, trunks)
+        judged_pairs = read_pairs(context, rows, settings, reporter, f"{source}: held-out pairs")
+        tokens_key = digest({"model": base.name, "first": judged_pairs.first, "ids": judged_pairs.tokens.ids})
+        # The base's log-likelihoods, once per run and set of pairs (a trusted held-out set judges every source).
+        known = {kept_base["tokens"]: kept_base["log_likelihoods"] for kept_base in bases.values()}
+        scored = known.get(tokens_key) or pair_log_likelihoods(base.model, judged_pairs, BASE, reporter).tolist()
+        bases[source] = {"tokens": tokens_key, "log_likelihoods": scored}
+        plan[source] = (seeds, judged_pairs)
     model = load_adapters(base, context.run, adapters, records=records)
     table = []
-    for source, (seeds, settings, first, tokens, trunks) in plan.items():
+    for source, (seeds, judged_pairs) in plan.items():
         reference = np.array(bases[source]["log_likelihoods"])
         for adapter in seeds:
-            model.set_adapter(adapter)
-            with precision(settings.precision, base.device):
-                scored = judged_replies(model, trunks, tokens, first, progress=reporter.stage(f"{adapter}: held-out pairs"))
-            gain = scored.numpy() - reference  # log pi_l(y) - log pi_0(y), per response
+            gain = pair_log_likelihoods(model, judged_pairs, adapter, reporter) - reference  # log pi_l(y) - log pi_0(y)
             margin = records[adapter]["beta"] * (gain[0::2] - gain[1::2])  # chosen, then rejected
             table.append({"source": adapter, "pairs": len(margin), **judged(margin, enough=pairs_per_source)})
     frame = pd.DataFrame(table)
@@ -97,9 +87,44 @@ def adapter_verdicts(context: RunContext, reporter: Reporter, pairs_per_source: 
     return frame
 
 
-def _base_only(model: Any) -> Any:
-    """The base model itself: its adapters switched off while the context lasts, when it has any."""
-    return model.disable_adapter() if hasattr(model, "peft_config") else nullcontext()
+@dataclass
+class ReadPairs:
+    """Preference pairs read as training read them (`top_layers.pair_tokens`: chosen then rejected
+    sequence of each pair) and their trunks, computed once under the base (kept in the run's cache):
+    every model's log-likelihoods of them are read off its top layers."""
+
+    label: str  # what the progress bars call them
+    tokens: Any  # lm.trunk.Tokens
+    first: int  # the first layer the adapters change
+    trunks: list[Any]
+    precision: str
+
+
+def read_pairs(context: RunContext, rows: list[dict[str, Any]], settings: TrainConfig, reporter: Reporter,
+               label: str) -> ReadPairs:
+    """`rows` (TRL's conversational rows, as `select_pairs` gives them) tokenised and through the
+    base's lower layers, for adapters trained with `settings`."""
+    from ..lm.trunk import active, cached_trunk_states, precision, trunk_cache  # torch: only when judging
+    from .top_layers import first_trained_layer, pair_tokens
+
+    base = context.base
+    tokens = pair_tokens(rows, base.tokenizer, settings.max_length)
+    first = first_trained_layer(base.model, settings)
+    with active(base.model, BASE), precision(settings.precision, base.device):
+        trunks = cached_trunk_states(base.model, base.name, tokens, first, trunk_cache(context.run),
+                                     progress=reporter.stage(f"{label}, lower layers"))
+    return ReadPairs(label, tokens, first, trunks, settings.precision)
+
+
+def pair_log_likelihoods(model: Any, pairs: ReadPairs, name: str, reporter: Reporter) -> np.ndarray:
+    """log pi(y | x) of every sequence of `pairs` (chosen, rejected, chosen, ...) under adapter `name`
+    of `model` (BASE: the base), in float32."""
+    from ..lm.arithmetic import model_device
+    from ..lm.trunk import active, judged_replies, precision
+
+    with active(model, name), precision(pairs.precision, model_device(model)):
+        return judged_replies(model, pairs.trunks, pairs.tokens, pairs.first,
+                              progress=reporter.stage(f"{pairs.label}, {'base' if name == BASE else name}")).numpy()
 
 
 def read_verdicts(run: Run) -> pd.DataFrame:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from itertools import islice, zip_longest
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..lm.adapters import adapter_dir, save_adapter, trained_adapters
 from ..config import preset_config
-from ..lm.tokens import fit_prompt
 from ..rewards.heldout import HeldOut, held_out
 from ..data.splits import judging_pairs
 from ..training.dpo import fit_adapter, source_seed
+from ..training.pairs import fitting_pairs
 from ..training.settings import PRESETS as TRAINING_PRESETS, TrainConfig
 from .settings import ValidationConfig, ValidationError, results_dir
 
@@ -81,13 +81,6 @@ def judged_evenly(context: RunContext, max_prompt_length: int, count: int) -> li
     per_source = -(-count // len(eval_part))  # ceil
     short = [fitting_pairs(pairs, context.base.tokenizer, max_prompt_length, per_source) for pairs in eval_part.values()]
     return list({p.pair_id: p for row in zip_longest(*short) for p in row if p is not None}.values())[:count]
-
-
-def fitting_pairs(pairs: list[PreferencePair], tokenizer: Any, max_prompt_length: int, count: int) -> list[PreferencePair]:
-    """The first `count` pairs whose prompt fits once cut to its end (tokens.fit_prompt), with that
-    prompt: exactly what training takes (training.select_pairs)."""
-    fitted = ((p, fit_prompt(tokenizer, p.prompt, max_prompt_length)) for p in pairs)
-    return list(islice((replace(p, prompt=prompt) for p, prompt in fitted if prompt is not None), count))
 
 
 def adapter_name(epochs: float, members: str) -> str:

@@ -37,7 +37,8 @@ from ..rewards.heldout import HeldOut, coalition_utilities, held_out, responses_
 from ..storage import atomic_write_json, atomic_write_text
 from ..training.dpo import source_seed
 from ..training.settings import TrainConfig, recorded_config
-from .inputs import Inputs, fit_missing, fitting_pairs, judged_evenly
+from ..training.pairs import fitting_pairs
+from .inputs import Inputs, fit_missing, judged_evenly
 from .results import retrain_agreement, retrain_findings, retrain_values
 from .settings import ValidationConfig, ValidationError, retrain_dir
 

@@ -24,7 +24,8 @@ from ..storage import atomic_write_text
 from ..games.utility_table import UtilityTable
 from ..rewards.heldout import coalition_preferences
 from .accuracy import read_utilities
-from .inputs import Inputs, adapter_name, fitting_pairs, train_adapter
+from ..training.pairs import fitting_pairs
+from .inputs import Inputs, adapter_name, train_adapter
 
 if TYPE_CHECKING:
     from ..data.preferences import PreferencePair

@@ -21,7 +21,8 @@ from ..lm.adapters import load_adapters
 from ..games.coalitions import BASE, all_coalitions, formula_terms
 from ..rewards.heldout import HeldOut, responses_of
 from ..storage import atomic_write_text
-from .inputs import Inputs, adapter_name, fitting_pairs, train_adapter
+from ..training.pairs import fitting_pairs
+from .inputs import Inputs, adapter_name, train_adapter
 
 if TYPE_CHECKING:
     from ..data.preferences import PreferencePair
