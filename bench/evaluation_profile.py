@@ -95,7 +95,7 @@ def side(tree: Path, args: argparse.Namespace) -> dict:
     """`profile` in a fresh process (its own imports, threads and memory)."""
     command = [sys.executable, __file__, "--side", str(tree), "--run", str(args.run), "--prompts", str(args.prompts),
                "--tokens", str(args.tokens), "--verdict-pairs", str(args.verdict_pairs), "--threads", str(args.threads)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout  # its log and errors show
     return json.loads(out.strip().splitlines()[-1])
 
 
