@@ -122,6 +122,8 @@ def main() -> None:
                            check=True, capture_output=True)
             try:
                 (worktree / ".venv").symlink_to(here / ".venv")
+                if (here.parent / "shared").exists():  # the offline data, where a project finds it (../shared/data)
+                    (Path(scratch) / "shared").symlink_to(here.parent / "shared")
                 columns = {args.before: side(worktree, args), **columns}
             finally:
                 subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(worktree)], check=True)
