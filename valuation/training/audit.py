@@ -108,7 +108,8 @@ def audit_source(context: RunContext, source: str, reporter: Reporter) -> pd.Dat
     path = audit_path(run, source)
     key = digest({"records": {s: digest(r) for s, r in records.items()}, "pairs": [p.pair_id for p in pairs],
                   "rule": AUDIT_RULE})
-    if path.exists() and json.loads(path.with_suffix(".json").read_text()).get("key") == key:
+    record = path.with_suffix(".json")
+    if path.exists() and record.exists() and json.loads(record.read_text()).get("key") == key:
         return read_audit(run, source)
     started = time.time()
     settings = recorded_config(records[source])
