@@ -1,4 +1,5 @@
-"""Sources: choose a dataset, tick the sources to value, look at their pairs, save the choice."""
+"""Sources: choose a dataset, tick the sources to value, look at their pairs, save the choice; once
+adapters are trained, audit a source's pairs against the other sources'."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from pages.ui import cached_preferences, chart, require_run, show_user_error
+from pages.ui import cached_preferences, chart, job_panel, require_run, show_user_error
 from valuation.config import ConfigError, DataConfig, ModelConfig, every_source, to_dict
 from valuation.data.sources import describe_provenance, describe_sources, pair_lengths, record_sources, save_upload
 from valuation.errors import UserError
+from valuation.jobs.background import job_status
+from valuation.jobs.registry import command, job_config, launch
+from valuation.training.audit import audit_findings, flagged, read_audit, read_suspects
+from valuation.training.cleaned import cleaned_findings, read_values
 from valuation.training.pairs import dropped_warning, prompt_fit, training_cap
 from valuation.training.settings import PRESETS
-from valuation.views.figures import lengths_figure
+from valuation.views.figures import audit_figure, intervals_figure, lengths_figure
 
 
 @st.cache_resource(show_spinner="Loading the tokenizer…", max_entries=2)
@@ -177,3 +182,56 @@ chosen_column.markdown("**Chosen**")
 chosen_column.text(pair.chosen)
 rejected_column.markdown("**Rejected**")
 rejected_column.text(pair.rejected)
+
+# --- Audit a source's pairs ----------------------------------------------------------------------
+st.subheader("Audit a source's pairs")
+st.caption("Which of a source's pairs does the rest of the data label the other way? Each pair the source's adapter "
+           "trained on is scored by the coalition of all the other sources (the arithmetic: the sum of their adapters' "
+           "implicit reward margins, chosen minus rejected). Below the threshold, they prefer the rejected reply: the "
+           "pair is flagged. The source's own adapter's training loss on each pair is kept beside it as the baseline, "
+           "and the run's reward models give a second opinion.")
+trained = snapshot.trained
+if len(trained) < 2:
+    st.info("The audit judges a source's pairs by the other sources' adapters: train at least two sources first "
+            "(Training page).", icon=":material/info:")
+    st.stop()
+left, middle, right = st.columns([2, 1, 2])
+audited = left.selectbox("Source to audit", trained)
+threshold = middle.number_input("Threshold", value=0.0, step=0.05, format="%.2f",
+                                help="A pair is flagged when the other sources' margin on it is below this.")
+drop = right.toggle("Then value it without its flagged pairs",
+                    help="Trains one more adapter on the source's pairs less the flagged ones (same settings and "
+                         "seed), values the run again with it in the source's place, and shows the source's value "
+                         "before and after. Nothing is overwritten.")
+config = job_config("audit", source=audited, threshold=threshold, drop_flagged=drop)
+if st.button("Audit", type="primary", icon=":material/policy:"):
+    try:
+        launch(run, "audit", config)
+    except UserError as error:
+        show_user_error(error)
+st.caption(f"Runs in the background as `python -m valuation {' '.join(command(run, 'audit', config, recorded=snapshot.config))}`.")
+job_panel(run, "audit", job_status(run))
+
+audit = read_audit(run, audited)
+if audit.empty:
+    st.caption(f"{audited} has not been audited yet.")
+    st.stop()
+for line in audit_findings(run, audited, threshold):
+    st.markdown(f"- {line}")
+chart(audit_figure(audit, threshold))
+st.download_button(f"Download the {len(flagged(audit, threshold))} flagged pair ids (CSV)",
+                   flagged(audit, threshold)[["pair_id", "rest_margin", "own_loss"]].to_csv(index=False),
+                   file_name=f"{run.name}-{audited}-flagged.csv", mime="text/csv", icon=":material/download:")
+suspects = read_suspects(run, audited)
+if not suspects.empty:
+    st.caption("The most suspect pairs, the other sources' margin lowest first (own loss: the source's own adapter's "
+               "DPO loss on the pair, the baseline).")
+    st.dataframe(suspects, hide_index=True, column_config={
+        "rest_margin": st.column_config.NumberColumn("others' margin", format="%+.3f"),
+        "own_loss": st.column_config.NumberColumn("own loss", format="%.3f")})
+values = read_values(run, audited)
+if not values.empty:
+    st.markdown(f"**{audited} without its flagged pairs**")
+    for line in cleaned_findings(run, audited):
+        st.markdown(f"- {line}")
+    chart(intervals_figure(values[values.stage != "change"], color="stage"))

@@ -27,7 +27,8 @@ from ..rewards.job import PRESETS as REWARD_PRESETS, RewardJobConfig, run_reward
 from ..runs import Run
 from ..runtime.context import RunContext
 from ..runtime.quiet import quiet_libraries
-from ..training.audit import PRESETS as AUDIT_PRESETS, AuditConfig, run_audit
+from ..training.audit import PRESETS as AUDIT_PRESETS, AuditConfig
+from ..training.audit_job import run_audit
 from ..training.job import run_train
 from ..training.settings import PRESETS as TRAIN_PRESETS, TrainConfig
 from ..validation.job import run_validate

@@ -8,6 +8,7 @@ from ..runs import Run
 from ..storage import atomic_write_text
 from ..views.snapshot import RunSnapshot
 from ..views.values import target_valuations
+from .audit import audit_section
 from .findings import caveats_section, values_section
 from .html import Charts, page, paragraph
 from .reproduce import commands_section
@@ -18,6 +19,7 @@ REPORT_FILE = "report.html"
 # (anchor, label) of every section, in the report's order: the navigation bar
 SECTIONS = (("question", "Question"), ("sources", "Sources"), ("training", "Training"), ("rewards", "Reward models"),
             ("values", "Shapley values"), ("caveats", "Caveats"), ("validation", "Validation"),
+            ("audit", "Pair audit"),
             ("generations", "Generations"), ("commands", "Reproduce"))
 
 
@@ -29,7 +31,7 @@ def report_html(run: Run) -> str:
                       f"{snapshot.confidence} interval; what is at chance is said in words.", "meta"),
             intro_section(snapshot), sources_section(snapshot), training_section(snapshot), rewards_section(snapshot),
             values_section(snapshot, valuations, charts), caveats_section(snapshot, valuations),
-            validation_section(snapshot), generations_section(snapshot), commands_section(snapshot)]
+            validation_section(snapshot), audit_section(snapshot, charts), generations_section(snapshot), commands_section(snapshot)]
     return page(f"Source Shapley report: {run.name}", SECTIONS, body)
 
 

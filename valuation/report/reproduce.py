@@ -15,6 +15,8 @@ from ..jobs.registry import command, shown_path
 from ..lm.adapters import trained_seeds
 from ..rewards.job import RewardJobConfig
 from ..runs import Run
+from ..training.audit import AuditConfig, audited_sources
+from ..training.cleaned import cleaned_record
 from ..training.settings import TrainConfig, recorded_settings
 from ..validation.settings import recorded_config, result_folders
 from ..views.snapshot import RunSnapshot
@@ -51,7 +53,7 @@ def train_configs(snapshot: RunSnapshot) -> list[Any]:
 
 
 def job_commands(snapshot: RunSnapshot) -> tuple[list[str], list[str]]:
-    """The job commands in order (train, rewards, evaluate, validate), and notes on what they cannot say."""
+    """The job commands in order (train, rewards, evaluate, validate, audit), and notes on what they cannot say."""
     def line(job: str, config: Any) -> str:
         return "python -m valuation " + shlex.join(command(snapshot.run, job, config))
 
@@ -65,6 +67,10 @@ def job_commands(snapshot: RunSnapshot) -> tuple[list[str], list[str]]:
         lines.append(line("validate", recorded_config(folder)))
         notes.append(f"validation '{folder.name}' does not record its experiments and sources: the command names the "
                      "defaults (every experiment, the run's first sources).")
+    for source in audited_sources(snapshot.run):
+        cleaned = cleaned_record(snapshot.run, source)
+        lines.append(line("audit", AuditConfig(source=source, drop_flagged=cleaned is not None,
+                                               threshold=cleaned["threshold"] if cleaned else AuditConfig().threshold)))
     return lines, notes
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..games.coalitions import BASE, TOKEN_LEVEL_MAX_PLAYERS, all_coalitions, coalition_name, membership
+from ..games.coalitions import BASE, TOKEN_LEVEL_MAX_PLAYERS, Coalition, all_coalitions, coalition_name, membership
 from ..lm.tokens import reply_ids
 from .cards import wilson_interval
 
@@ -66,16 +66,17 @@ def preference_utilities(log_likelihoods: pd.DataFrame, beta: float, base: str =
 
 
 def coalition_preferences(model: Any, tokenizer: Any, heldout: list[HeldOut], sources: list[str], beta: float,
-                          progress: Progress | None = None) -> pd.DataFrame:
+                          progress: Progress | None = None, coalitions: list[Coalition] | None = None) -> pd.DataFrame:
     """Per (coalition, prompt): preference accuracy and reward margin of all 2^n coalitions of the
-    model's adapters `sources`; the empty coalition (coalition '') is the base.
+    model's adapters `sources` (or of `coalitions` of them, the empty one among them); the empty
+    coalition (coalition '') is the base.
 
     Up to TOKEN_LEVEL_MAX_PLAYERS sources a coalition is the token-level arithmetic model (what the
     sampler samples); beyond, the sequence-level product of experts, log pi_S = l_0 + sum_{l in S}
     (l_l - l_0) up to log Z_S(x), which cancels in a margin: its margin is the sum of its members'."""
     from ..lm.scoring import score_coalitions, score_variants
 
-    coalitions = all_coalitions(sources)
+    coalitions = all_coalitions(sources) if coalitions is None else coalitions
     if len(sources) <= TOKEN_LEVEL_MAX_PLAYERS:
         scored = score_coalitions(model, tokenizer, responses_of(heldout), coalitions, progress=progress)
     else:

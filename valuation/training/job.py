@@ -5,16 +5,20 @@ then every adapter judged on held-out pairs (`training.verdicts`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import settings_of
-from ..lm.adapters import (check_adapter_name, install_adapter, read_record, remove_partial_adapters, save_adapter,
-                           seed_adapter, trained_adapters)
+from ..lm.adapters import (adapter_dir, check_adapter_name, install_adapter, read_record, remove_partial_adapters,
+                           save_adapter, seed_adapter, trained_adapters)
 from .verdicts import adapter_verdicts
 from .dpo import adapter_inputs, fit_adapter
 from .settings import TrainConfig, TrainingError, recorded_settings
 
 if TYPE_CHECKING:
+    from ..data.preferences import PreferencePair
     from ..progress import Reporter
     from ..runtime.context import RunContext
 
@@ -28,6 +32,31 @@ def train_source(context: RunContext, adapter: str, config: TrainConfig, reporte
                                 cache=trunk_cache(context.run))
     save_adapter(model, context.run, adapter, record)
     return saved(adapter, record, reporter)
+
+
+def fit_missing(context: RunContext, folder: Path, name: str, pairs: list[PreferencePair], settings: TrainConfig,
+                seed: int, reporter: Reporter, below: Sequence[str] = (), **provenance: Any) -> None:
+    """Train adapter `name` into `folder` (beside a run's own, in the same layout) on exactly `pairs`
+    unless it is there; with `below`, on the base with those adapters merged in; `provenance` joins
+    its record. The validation's adapters and the audit's kept-pairs adapter are trained this way.
+
+    Sequential DPO: stage k is trained with the model of stages < k as its reference. Merging the
+    earlier adapters into the weights (merge_and_unload) makes that model the trainer's base, whose
+    adapter-off self is the reference: exactly what fit_adapter does on a fresh base.
+    """
+    from peft import PeftModel
+
+    from ..lm.trunk import trunk_cache  # torch: only when training
+
+    if name in trained_adapters(folder):
+        return
+    loaded = context.fresh_model()
+    for stage in below:
+        loaded.model = PeftModel.from_pretrained(loaded.model, adapter_dir(folder, stage)).merge_and_unload()
+    cache = None if below else trunk_cache(context.run)  # the run's cached trunks are the unmerged base's
+    model, record = fit_adapter(loaded, name, pairs, replace(settings, max_pairs=len(pairs)), seed, reporter, cache=cache)
+    save_adapter(model, folder, name, {**record, "merged_below": list(below), **provenance})
+    reporter.log(f"{name}: trained in {record['wall_time_s']:.0f}s, final loss {record['final']['loss']}")
 
 
 def train_sources(context: RunContext, adapters: list[str], config: TrainConfig, reporter: Reporter) -> dict[str, dict]:

@@ -13,11 +13,11 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..lm.adapters import adapter_dir, save_adapter, trained_adapters
 from ..config import preset_config
 from ..rewards.heldout import HeldOut, held_out
 from ..data.splits import judging_pairs
-from ..training.dpo import fit_adapter, source_seed
+from ..training.dpo import source_seed
+from ..training.job import fit_missing
 from ..training.pairs import fitting_pairs
 from ..training.settings import PRESETS as TRAINING_PRESETS, TrainConfig
 from .settings import ValidationConfig, ValidationError, results_dir
@@ -94,27 +94,3 @@ def train_adapter(inputs: Inputs, name: str, pairs: list[PreferencePair], epochs
     settings = replace(inputs.training, epochs=epochs)
     fit_missing(inputs.context, inputs.adapters, name, pairs, settings, source_seed(inputs.context.config.seed, name),
                 reporter, below=below)
-
-
-def fit_missing(context: RunContext, folder: Path, name: str, pairs: list[PreferencePair], settings: TrainConfig,
-                seed: int, reporter: Reporter, below: Sequence[str] = (), **provenance: Any) -> None:
-    """Train adapter `name` into `folder` on exactly `pairs` unless it is there; with `below`, on the
-    base with those adapters merged in; `provenance` joins its record.
-
-    Sequential DPO: stage k is trained with the model of stages < k as its reference. Merging the
-    earlier adapters into the weights (merge_and_unload) makes that model the trainer's base, whose
-    adapter-off self is the reference: exactly what fit_adapter does on a fresh base.
-    """
-    from peft import PeftModel
-
-    from ..lm.trunk import trunk_cache  # torch: only when training
-
-    if name in trained_adapters(folder):
-        return
-    loaded = context.fresh_model()
-    for stage in below:
-        loaded.model = PeftModel.from_pretrained(loaded.model, adapter_dir(folder, stage)).merge_and_unload()
-    cache = None if below else trunk_cache(context.run)  # the run's cached trunks are the unmerged base's
-    model, record = fit_adapter(loaded, name, pairs, replace(settings, max_pairs=len(pairs)), seed, reporter, cache=cache)
-    save_adapter(model, folder, name, {**record, "merged_below": list(below), **provenance})
-    reporter.log(f"{name}: trained in {record['wall_time_s']:.0f}s, final loss {record['final']['loss']}")

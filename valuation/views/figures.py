@@ -138,6 +138,20 @@ def curve_figure(curves: pd.DataFrame, y: str, title: str) -> go.Figure:
 
 
 # -----------------------------------------------------------------------------
+# the audit
+
+
+def audit_figure(audit: pd.DataFrame, threshold: float) -> go.Figure:
+    """How the other sources' margin spreads over a source's pairs: those below the threshold, the
+    flagged ones, in red, and the threshold as a dotted line."""
+    shown = audit.assign(pairs=np.where(audit.rest_margin < threshold, "flagged", "kept"))
+    figure = px.histogram(shown, x="rest_margin", color="pairs", nbins=40,
+                          color_discrete_map={"flagged": "#d62728", "kept": "#7f7f7f"},
+                          labels={"rest_margin": "the other sources' margin on the pair (chosen − rejected)"})
+    return figure.add_vline(x=threshold, line_dash="dot")
+
+
+# -----------------------------------------------------------------------------
 # the validation
 
 
