@@ -38,7 +38,8 @@ preset = left.segmented_control("Preset", sorted(PRESETS), default="quick",
                                 help="quick: 2 CPU cores, under an hour (2 sources, 16 pairs, epochs 1/2/4); "
                                      "gpu: 3 sources, longer training, epochs up to 8.") or "quick"
 experiments = middle.multiselect("Experiments", EXPERIMENTS, default=DEFAULT_EXPERIMENTS,
-                                 help="retrain trains one more adapter per coalition of up to 4 sources, with the "
+                                 help="retrain trains one more adapter per coalition of up to 4 sources (beyond, all but one "
+                                      "and all of them: leave-one-out only), with the "
                                       "run's own training settings: 11 at 4 sources, hours on a CPU.")
 sources = right.multiselect("Sources of the training experiments", available,
                             help=f"Default: the run's first {PRESETS[preset].n_sources}. Every coalition of two or "
@@ -146,7 +147,8 @@ if not retrained.empty:
                + (f" and {retrained.seeds.max()} training seeds." if retrained.seeds.max() > 1 else " (one training seed)."))
     for line in retrain_findings(retrain_agreement(retrained)):
         st.markdown(f"- {line}")
-    index = st.segmented_control("Value", ["shapley", "leave-one-out"], default="shapley", key="retrain_index") or "shapley"
+    indices = list(retrained["index"].unique())  # leave-one-out only beyond 4 sources
+    index = st.segmented_control("Value", indices, default=indices[0], key="retrain_index") or indices[0]
     chart(intervals_figure(retrained[retrained["index"] == index], color="method"))
     st.markdown("**Every coalition's utility**, by each shortcut against retraining it (dotted: where they agree).")
     chart(retrain_scatter_figure(retrain_coalitions(run)))

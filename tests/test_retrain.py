@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import APP, random_adapter_run
+from helpers import APP, random_adapter_run, table_rows, write_jsonl
 from valuation import cli
 from valuation.config import ModelConfig, settings_of
 from valuation.games.coalitions import coalition_name
@@ -146,5 +146,28 @@ def test_the_retrain_experiment_refuses_what_it_cannot_do(tmp_path) -> None:
     shutil.rmtree(adapter_dir(run, O))  # O has data but no adapter yet
     with pytest.raises(ValidationError, match=r"\['helpful-online'\] lack an adapter .* train them first"):
         run_validate(RunContext.open(run), replace(RETRAIN, sources=[H, O]), Reporter(tmp_path / "progress.jsonl"))
-    with pytest.raises(ValidationError, match="26 adapters for 5 sources. Name at most 4"):
+    with pytest.raises(ValidationError, match=r"\['a', 'b', 'helpful-online'\] lack an adapter"):
         retrain_sources(replace(RETRAIN, sources=[H, K, O, "a", "b"]), run)
+
+
+def test_beyond_four_sources_it_retrains_what_leave_one_out_reads_and_values_by_it(tmp_path) -> None:
+    sources = [f"vendor-{k}" for k in range(5)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", [row for s in sources for row in table_rows(s, 16)])
+    run = random_adapter_run(tmp_path, "five", sources, dataset=str(data), eval_fraction=0.25, eval_prompts=4)
+    for source in sources:
+        path = adapter_dir(run, source) / RECORD_FILE
+        path.write_text(json.dumps({**json.loads(path.read_text()), "settings": settings_of(TINY_TRAINING)}))
+    grand = frozenset(sources)
+    assert unions(sources) == [grand - {s} for s in sources] + [grand]  # 6 adapters, not 26
+    run_validate(RunContext.open(run), replace(RETRAIN, sources=sources), Reporter(tmp_path / "progress.jsonl"))
+    table = read_table(run)
+    assert table.groupby("method").coalition.nunique().to_dict() == dict.fromkeys(METHODS, 1 + 5 + 6)
+    values = retrain_values(run)
+    assert set(values["index"]) == {"leave-one-out"}  # Shapley needs every coalition
+    # Leave-one-out is v(N) - v(N less i), read off the table, for every method.
+    mean = table.groupby(["method", "coalition"]).reward_margin.mean()
+    for row in values[values.objective == "reward_margin"].itertuples():
+        expected = mean[(row.method, coalition_name(grand))] - mean[(row.method, coalition_name(grand - {row.player}))]
+        assert row.value == pytest.approx(expected, abs=1e-6)
+        assert row.lower <= row.value <= row.upper
+    assert len(retrain_agreement(values)) == 2 * 2  # arithmetic and merged, on two objectives

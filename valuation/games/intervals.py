@@ -63,7 +63,9 @@ def bootstrap_intervals(
     """
     players = tuple(players)
     weights = INDEX_WEIGHTS[index](len(players))  # every index here is linear in v: the same resampling serves all
-    u = values_by_mask(players, table.prompt_values)  # [2^n, m, p], the mean over training seeds where several
+    needed = weights.any(1)  # the coalitions the index reads, and the empty and grand ones (the total gain)
+    needed[[0, -1]] = True
+    u = values_by_mask(players, table.prompt_values, needed)  # [2^n, m, p], the mean over training seeds where several
     per_prompt = np.einsum("si,smp->imp", weights, u)  # [n, m, p]
     values = per_prompt.mean(-1)
     n_prompts = u.shape[-1]
@@ -117,12 +119,12 @@ def _seed_values(players: tuple[str, ...], table: UtilityTable, weights: np.ndar
     """[k, n, m, p]: each training seed's per-prompt Shapley values (None with one seed)."""
     if table.seeds is None:
         return None
-    u = values_by_mask(players, lambda coalition: table.seeds.per_prompt[coalition])  # [2^n, k, m, p]
+    u = values_by_mask(players, lambda coalition: table.seeds.per_prompt[coalition], weights.any(1))  # [2^n, k, m, p]
     return np.einsum("si,skmp->kimp", weights, u)
 
 
 def _head_values(players: tuple[str, ...], table: UtilityTable, objective: str, weights: np.ndarray) -> np.ndarray:
     """[K, n, p]: each bootstrap head's per-prompt Shapley values of `objective`."""
     utilities = table.heads.per_prompt[objective]
-    u = values_by_mask(players, lambda coalition: utilities[coalition])  # [2^n, K, p]
+    u = values_by_mask(players, lambda coalition: utilities[coalition], weights.any(1))  # [2^n, K, p]
     return np.einsum("si,skp->kip", weights, u)

@@ -169,13 +169,17 @@ def _membership(n: int) -> np.ndarray:
     return (np.arange(1 << n)[:, None] >> np.arange(n)) & 1 == 1
 
 
-def values_by_mask(players: Sequence[str], value: Callable[[Coalition], np.ndarray]) -> np.ndarray:
-    """value(S) of every coalition, stacked so that row `mask` holds S: the rows the weights expect."""
+def values_by_mask(players: Sequence[str], value: Callable[[Coalition], np.ndarray],
+                   needed: np.ndarray | None = None) -> np.ndarray:
+    """value(S) of every coalition, stacked so that row `mask` holds S: the rows the weights expect.
+    With `needed` ([2^n] bools, by mask) only those rows are read, the others left zero: an index
+    that weighs few coalitions (leave-one-out: N and N less each one) needs only those."""
     bit = {player: 1 << i for i, player in enumerate(players)}
-    coalitions = all_coalitions(players)
-    stacked = np.stack([value(c) for c in coalitions])
-    out = np.empty_like(stacked)
-    out[[sum(bit[p] for p in c) for c in coalitions]] = stacked
+    masks = {c: sum(bit[p] for p in c) for c in all_coalitions(players)}
+    read = [c for c, mask in masks.items() if needed is None or needed[mask]]
+    stacked = np.stack([value(c) for c in read])
+    out = np.zeros((len(masks), *stacked.shape[1:]), stacked.dtype)
+    out[[masks[c] for c in read]] = stacked
     return out
 
 

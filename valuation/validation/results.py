@@ -108,9 +108,10 @@ def accuracy_shapley(run: Run) -> pd.DataFrame:
 
 
 def retrain_values(run: Run) -> pd.DataFrame:
-    """Each source's value three ways (retrained, arithmetic, merged), by Shapley and by leave-one-out,
-    exact, with bootstrap intervals over held-out pairs (and training seeds where there are several):
-    method, index, objective, player, value, stderr, lower, upper. Empty before the experiment ran."""
+    """Each source's value three ways (retrained, arithmetic, merged), by Shapley (where every
+    coalition was retrained) and by leave-one-out, exact, with bootstrap intervals over held-out pairs
+    (and training seeds where there are several): method, index, objective, player, value, stderr,
+    lower, upper. Empty before the experiment ran."""
     path = retrain_dir(run) / "utilities.csv"
     if not path.exists():
         return pd.DataFrame()
@@ -120,7 +121,7 @@ def retrain_values(run: Run) -> pd.DataFrame:
         tables = [UtilityTable.from_frame(part.drop(columns=["method", "seed"])) for _, part in rows.groupby("seed")]
         table = with_seeds(tables[0], tables[1:], [f"seed {k + 2}" for k in range(len(tables) - 1)]) if len(tables) > 1 \
             else tables[0]
-        for index in ("shapley", "leave-one-out"):
+        for index in ("shapley", "leave-one-out") if not table.missing_coalitions() else ("leave-one-out",):
             result = bootstrap_intervals(table.players, table, index=index)
             frames.append(result.to_frame().assign(method=method, index=index, seeds=result.seeds))
     return pd.concat(frames, ignore_index=True)
@@ -137,7 +138,10 @@ def retrain_agreement(values: pd.DataFrame) -> pd.DataFrame:
             shortcut = group[group.method == method].set_index("player").loc[truth.index]
             rho, tau = rank_correlations(shortcut.value.to_numpy(), truth.value.to_numpy())
             difference = (shortcut.value - truth.value).abs()
-            in_widths = difference / ((truth.upper - truth.lower) / 2)
+            half = ((truth.upper - truth.lower) / 2).to_numpy()
+            # An interval of width zero (every pair agrees): any difference is infinitely far outside it.
+            in_widths = pd.Series(np.divide(difference.to_numpy(), half, where=half > 0,
+                                            out=np.where(difference.to_numpy() > 0, np.inf, 0.0)), difference.index)
             rows.append({"index": index, "objective": objective, "method": method, "spearman": rho, "kendall": tau,
                          "largest_difference": difference.max(), "largest_in_half_widths": in_widths.max(),
                          "where": in_widths.idxmax()})

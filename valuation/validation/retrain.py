@@ -2,8 +2,9 @@
 
 The method's one claim is that a coalition built by adding log-probabilities behaves like a model
 trained on the coalition's data, so that n trainings replace 2^n. Here the 2^n are paid for: every
-coalition S of two or more of the chosen sources (at most RETRAIN_MAX_SOURCES: 11 coalitions at 4)
-gets an adapter of its own, trained on the union of its members' training pairs, exactly the pairs
+coalition S of two or more of the chosen sources (up to EVERY_COALITION_MAX sources: 11 coalitions
+at 4; beyond, only what leave-one-out reads: the n coalitions of all sources but one, and all of
+them, n + 1 adapters) gets an adapter of its own, trained on the union of its members' training pairs, exactly the pairs
 each member's adapter trained on, with the run's own training settings, under each of the run's
 first `retrain_seeds` seeds (a union's seed follows from its name, as a source's does). The same
 game is then played three ways on the same held-out pairs, every model teacher-forced:
@@ -13,7 +14,8 @@ game is then played three ways on the same held-out pairs, every model teacher-f
     merged       v(S) from one adapter holding the sum of S's LoRA updates (`lm.merging`, "cat")
 
 The three share the base (S empty) and each source alone (its own adapter): they differ only where
-|S| >= 2. Utilities: held-out preference accuracy and implicit reward margin (`rewards.heldout`), on
+|S| >= 2. Beyond EVERY_COALITION_MAX sources the sources are valued by leave-one-out only (Shapley
+needs every coalition). Utilities: held-out preference accuracy and implicit reward margin (`rewards.heldout`), on
 up to `retrain_pairs` pairs of the eval part taken evenly across sources (or of the gold set).
 
     <run>/validation/retrain/adapters/<a+b>[@seedK]/  the union adapters (record: members, pair ids)
@@ -48,17 +50,14 @@ if TYPE_CHECKING:
     from ..runs import Run
     from ..runtime.context import RunContext
 
-RETRAIN_MAX_SOURCES = 4  # 2^n - n - 1 more adapters: 11 at 4 sources, 26 at 5
+EVERY_COALITION_MAX = 4  # 2^n - n - 1 more adapters: 11 at 4 sources, 26 at 5; beyond, n + 1
 METHODS = ("retrained", "arithmetic", "merged")
 
 
 def retrain_sources(config: ValidationConfig, run: Run) -> list[str]:
-    """The sources whose coalitions are retrained: the named ones, else the run's first RETRAIN_MAX_SOURCES."""
+    """The sources whose coalitions are retrained: the named ones, else the run's first EVERY_COALITION_MAX."""
     trained = trained_sources(run)
-    sources = sorted(config.sources) or trained[:RETRAIN_MAX_SOURCES]
-    if len(sources) > RETRAIN_MAX_SOURCES:
-        raise ValidationError(f"The retrain experiment trains every coalition: {2 ** len(sources) - len(sources) - 1} "
-                              f"adapters for {len(sources)} sources. Name at most {RETRAIN_MAX_SOURCES} with --sources.")
+    sources = sorted(config.sources) or trained[:EVERY_COALITION_MAX]
     missing = [s for s in sources if s not in trained]
     if missing or len(sources) < 2:
         raise ValidationError(f"The retrain experiment needs at least two trained sources; {missing or sources} "
@@ -68,8 +67,17 @@ def retrain_sources(config: ValidationConfig, run: Run) -> list[str]:
 
 
 def unions(sources: list[str]) -> list[Coalition]:
-    """The coalitions that get an adapter of their own: every one of two or more sources."""
-    return [c for c in all_coalitions(sources) if len(c) >= 2]
+    """The coalitions that get an adapter of their own: every one of two or more sources, or beyond
+    EVERY_COALITION_MAX sources those leave-one-out reads (all sources but one, and all of them)."""
+    if len(sources) <= EVERY_COALITION_MAX:
+        return [c for c in all_coalitions(sources) if len(c) >= 2]
+    grand = frozenset(sources)
+    return [grand - {s} for s in sources] + [grand]
+
+
+def game_coalitions(sources: list[str]) -> list[Coalition]:
+    """The coalitions each game is scored on: the base, each source alone, and the unions."""
+    return [frozenset(), *(frozenset([s]) for s in sources), *unions(sources)]
 
 
 def union_pairs(context: RunContext, coalition: Coalition, settings: TrainConfig) -> list[PreferencePair]:
@@ -133,7 +141,7 @@ def scored_games(context: RunContext, sources: list[str], replica: int, heldout:
         model.load_adapter(adapter_dir(folder, name), adapter_name=name, is_trainable=False)
     model.eval()
     variants = {}
-    for coalition in all_coalitions(sources):
+    for coalition in game_coalitions(sources):
         members = [solo[s] for s in sorted(coalition)]
         for method in METHODS:
             if len(coalition) < 2:  # the base and each source alone: one model, whatever the method
