@@ -15,7 +15,8 @@ from valuation.jobs.background import job_status
 from valuation.jobs.registry import command, job_config, launch
 from valuation.validation.job import current_experiment
 from valuation.validation.results import (accuracy_shapley, comparisons, method_shapley, retrain_agreement,
-                                          retrain_coalitions, retrain_findings, retrain_values, scaling_summary)
+                                          retrain_coalitions, retrain_findings, retrain_scope, retrain_values,
+                                          scaling_summary)
 from valuation.validation.settings import DEFAULT_EXPERIMENTS, EXPERIMENTS, PRESETS, results_dir
 from valuation.views.figures import (intervals_figure, kl_figure, method_values_figure, retrain_scatter_figure,
                                      scaling_figure)
@@ -139,7 +140,7 @@ if not scaling.empty:
 
 if not retrained.empty:
     st.subheader("6 · Retrained on every coalition's data, against the arithmetic and the weight merge")
-    st.caption("The method's claim at the level of the values. Every coalition of two or more sources got an adapter "
+    st.caption(f"The method's claim at the level of the values. {retrain_scope(retrained)}: an adapter "
                "of its own, trained on its members' pairs with the run's training settings and seeds; the same game "
                "is then valued three ways on the same held-out pairs: **retrained**, **arithmetic** (adding "
                "log-probabilities) and **merged** (one adapter holding the sum of the members' LoRA updates). The base "

@@ -12,7 +12,8 @@ import pandas as pd
 
 from ..training.settings import PRESETS as TRAIN_PRESETS
 from ..runs import Run
-from ..validation.results import model_utilities, read_scored, retrain_agreement, retrain_findings, retrain_values
+from ..validation.results import (model_utilities, read_scored, retrain_agreement, retrain_findings, retrain_scope,
+                                  retrain_values)
 from ..validation.retrain import METHODS
 from ..validation.settings import recorded_config, result_folders
 from ..views.snapshot import RunSnapshot
@@ -100,9 +101,7 @@ def retrain_parts(run: Run) -> list[str]:
     rows = [[index, objective, player, *(wide.loc[(index, objective, player), m] for m in METHODS)]
             for index, objective, player in wide.index]
     return [subheading("Retrained on every coalition's data"),
-            paragraph(("Every coalition of two or more sources" if "shapley" in set(values["index"]) else
-                       "The coalitions leave-one-out reads (all sources but one, and all of them: Shapley would need "
-                       "every coalition)") + " trained on its members' pairs with the run's settings, "
+            paragraph(retrain_scope(values) + " trained on its members' pairs with the run's settings, "
                       "and the same game valued three ways on the same held-out pairs: retrained, by the arithmetic, "
                       "and by merging the members' LoRA updates (95% intervals over held-out pairs"
                       + (" and training seeds)." if values.seeds.max() > 1 else ", one training seed).")),

@@ -127,6 +127,13 @@ def retrain_values(run: Run) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def retrain_scope(values: pd.DataFrame) -> str:
+    """Which coalitions were retrained, in words (page and report)."""
+    return ("Every coalition of two or more sources" if "shapley" in set(values["index"]) else
+            "The coalitions leave-one-out reads (all sources but one, and all of them: Shapley would need every "
+            "coalition)")
+
+
 def retrain_agreement(values: pd.DataFrame) -> pd.DataFrame:
     """How far each shortcut (arithmetic, merged) is from retraining, per index and objective:
     Spearman's rho and Kendall's tau of its values against the retrained ones over the sources, and
