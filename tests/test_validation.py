@@ -273,5 +273,5 @@ def test_page_empty_and_on_the_demo_results(runs_dir) -> None:
     shutil.copytree(DEMO_SOURCE, runs_dir / "shipped")  # results made before the job had a folder setting
     app = _page("shipped")
     assert not app.exception
-    assert [h.value.split(" · ")[0] for h in app.main.subheader] == ["1", "2", "3", "4", "5"]
+    assert [h.value.split(" · ")[0] for h in app.main.subheader] == ["1", "2", "3", "4", "5", "6"]
     assert len(app.dataframe) == 5
