@@ -19,7 +19,7 @@ from valuation.data.sources import describe_provenance, describe_sources, pair_l
 from valuation.errors import UserError
 from valuation.jobs.background import job_status
 from valuation.jobs.registry import command, job_config, launch
-from valuation.training.audit import audit_findings, flagged, read_audit, read_suspects
+from valuation.training.audit import audit_findings, flagged, flagged_csv, read_audit, read_suspects
 from valuation.training.cleaned import cleaned_findings, read_values
 from valuation.training.pairs import dropped_warning, prompt_fit, training_cap
 from valuation.training.settings import PRESETS
@@ -219,8 +219,7 @@ if audit.empty:
 for line in audit_findings(run, audited, threshold):
     st.markdown(f"- {line}")
 chart(audit_figure(audit, threshold))
-st.download_button(f"Download the {len(flagged(audit, threshold))} flagged pair ids (CSV)",
-                   flagged(audit, threshold)[["pair_id", "rest_margin", "own_loss"]].to_csv(index=False),
+st.download_button(f"Download the {len(flagged(audit, threshold))} flagged pair ids (CSV)", flagged_csv(audit, threshold),
                    file_name=f"{run.name}-{audited}-flagged.csv", mime="text/csv", icon=":material/download:")
 suspects = read_suspects(run, audited)
 if not suspects.empty:

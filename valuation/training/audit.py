@@ -247,11 +247,15 @@ def audited_sources(run: Run) -> list[str]:
     return [source for source in trained_sources(run) if audit_path(run, source).exists()]
 
 
+def flagged_csv(audit: pd.DataFrame, threshold: float) -> str:
+    """The pairs flagged at `threshold`, for the vendor: their ids and scores as CSV."""
+    return flagged(audit, threshold)[["pair_id", "rest_margin", "own_loss"]].to_csv(index=False, float_format="%.6g")
+
+
 def export_flagged(run: Run, source: str, audit: pd.DataFrame, threshold: float) -> Path:
-    """The pairs flagged at `threshold`, for the vendor: <run>/audit/<source>-flagged.csv."""
+    """The pairs flagged at `threshold` written to <run>/audit/<source>-flagged.csv."""
     path = flagged_path(run, source)
-    atomic_write_text(path, flagged(audit, threshold)[["pair_id", "rest_margin", "own_loss"]].to_csv(
-        index=False, float_format="%.6g"))
+    atomic_write_text(path, flagged_csv(audit, threshold))
     return path
 
 

@@ -84,9 +84,9 @@ def values_without(context: RunContext, source: str, adapter: str, tokens: int, 
         raise AuditError(f"No adapter for {sorted(set(sources) - set(trained))} in run {run.name!r}: value a game of "
                          f"trained sources ({', '.join(trained)}).")
     path, folder = values_path(run, source), kept_adapters_dir(run)
-    pairs = context.split.eval_pairs
+    pairs, kept = context.split.eval_pairs, read_record(folder, adapter)
     key = digest({"adapters": {s: digest(read_record(run, s)) for s in sources},
-                  "kept": digest(read_record(folder, adapter)), "pairs": [p.pair_id for p in pairs], "tokens": tokens})
+                  "kept": digest(kept), "pairs": [p.pair_id for p in pairs], "tokens": tokens})
     record = path.with_suffix(".json")
     if path.exists() and record.exists() and json.loads(record.read_text()).get("key") == key:
         return read_values(run, source)
@@ -107,7 +107,6 @@ def values_without(context: RunContext, source: str, adapter: str, tokens: int, 
                        joined[joined.coalition != ""]], ignore_index=True)
     frame = before_after(before, after, sources)
     atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
-    kept = read_record(folder, adapter)
     atomic_write_json(record, {"key": key, "source": source, "adapter": adapter, "threshold": kept["threshold"],
                                "dropped": len(kept["dropped"]), "kept": kept["pairs_used"], "pairs": len(heldout),
                                "tokens": tokens})
