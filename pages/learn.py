@@ -15,7 +15,8 @@ from pages.ui import chart, current_run
 from valuation.errors import UserError
 from valuation.games.axioms import check_axioms, number
 from valuation.runs import Run
-from valuation.validation.results import retrain_agreement, retrain_findings, retrain_values
+from valuation.validation.results import retrain_values
+from valuation.validation.retrain_rewards import retrain_lines
 from valuation.views.snapshot import RunSnapshot
 from valuation.views.values import target_valuations
 from valuation.views.findings import findings_text
@@ -245,7 +246,7 @@ st.markdown("**Does adding log-probabilities stand in for training on a coalitio
             "merging the adapters' weights)."
             + (" On this run:" if not retrained.empty else " It has not run on this run."))
 if not retrained.empty:
-    st.markdown("\n".join(f"- {line}" for line in retrain_findings(retrain_agreement(retrained))))
+    st.markdown("\n".join(f"- {line}" for line in retrain_lines(snapshot.run, retrained)))
 st.markdown("**Does it find a bad source?** Planted among four clean sources of the default data (the README's "
             "*How far the arithmetic holds*), a source with every label flipped came out last on the reward-margin "
             "objective in both runs, but its interval held zero in all but one valuation; a source with 30% of its "

@@ -14,9 +14,9 @@ from valuation.errors import UserError
 from valuation.jobs.background import job_status
 from valuation.jobs.registry import command, job_config, launch
 from valuation.validation.job import current_experiment
-from valuation.validation.results import (accuracy_shapley, comparisons, method_shapley, retrain_agreement,
-                                          retrain_coalitions, retrain_findings, retrain_scope, retrain_values,
-                                          scaling_summary)
+from valuation.validation.results import (accuracy_shapley, comparisons, method_shapley, retrain_coalitions,
+                                          retrain_scope, retrain_values, scaling_summary)
+from valuation.validation.retrain_rewards import retrain_lines
 from valuation.validation.settings import DEFAULT_EXPERIMENTS, EXPERIMENTS, PRESETS, results_dir
 from valuation.views.figures import (intervals_figure, kl_figure, method_values_figure, retrain_scatter_figure,
                                      scaling_figure)
@@ -142,11 +142,12 @@ if not retrained.empty:
     st.subheader("6 · Retrained on every coalition's data, against the arithmetic and the weight merge")
     st.caption(f"The method's claim at the level of the values. {retrain_scope(retrained)}: an adapter "
                "of its own, trained on its members' pairs with the run's training settings and seeds; the same game "
-               "is then valued three ways on the same held-out pairs: **retrained**, **arithmetic** (adding "
+               "is then valued three ways on the same held-out pairs (and, for the reward models' objectives, on the "
+               "same pooled responses of the evaluation): **retrained**, **arithmetic** (adding "
                "log-probabilities) and **merged** (one adapter holding the sum of the members' LoRA updates). The base "
                "and each source alone are shared. Intervals: 95% over held-out pairs"
                + (f" and {retrained.seeds.max()} training seeds." if retrained.seeds.max() > 1 else " (one training seed)."))
-    for line in retrain_findings(retrain_agreement(retrained)):
+    for line in retrain_lines(run, retrained):
         st.markdown(f"- {line}")
     indices = list(retrained["index"].unique())  # leave-one-out only beyond 4 sources
     index = st.segmented_control("Value", indices, default=indices[0], key="retrain_index") or indices[0]

@@ -15,14 +15,15 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import APP, random_adapter_run, table_rows, write_jsonl
+from helpers import APP, TINY_REWARDS, random_adapter_run, store, table_rows, write_jsonl
 from valuation import cli
 from valuation.config import ModelConfig, settings_of
+from valuation.evaluation.settings import EvaluationConfig
 from valuation.games.coalitions import coalition_name
 from valuation.games.shapley import exact_shapley
 from valuation.games.utility_table import UtilityTable
 from valuation.jobs.background import job_dir
-from valuation.jobs.registry import job_config
+from valuation.jobs.registry import job_config, run_job
 from valuation.lm.adapters import RECORD_FILE, adapter_dir, load_adapters
 from valuation.lm.models import load_model
 from valuation.lm.tokens import fit_prompt
@@ -34,6 +35,7 @@ from valuation.training.settings import TrainConfig
 from valuation.validation.job import run_validate
 from valuation.validation.results import retrain_agreement, retrain_coalitions, retrain_findings, retrain_values
 from valuation.validation.retrain import METHODS, retrain_sources, unions
+from valuation.validation.retrain_rewards import pool_reach, reach_finding
 from valuation.validation.inputs import judged_evenly
 from valuation.validation.settings import ValidationError, retrain_dir
 
@@ -171,3 +173,46 @@ def test_beyond_four_sources_it_retrains_what_leave_one_out_reads_and_values_by_
         assert row.value == pytest.approx(expected, abs=1e-6)
         assert row.lower <= row.value <= row.upper
     assert len(retrain_agreement(values)) == 2 * 2  # arithmetic and merged, on two objectives
+
+
+def test_the_reward_objectives_are_read_off_the_evaluation_pool(runs_dir, tmp_path, capsys) -> None:
+    # Plant the union's adapter as a copy of H's: on the pool, the retrained v({H, K}) must be v({H})
+    # prompt by prompt, and the arithmetic must be the evaluation's own token-level utilities.
+    run = random_adapter_run(runs_dir, "rewarded", [H, K], rewards=TINY_REWARDS, eval_prompts=4)
+    for source in (H, K):
+        path = adapter_dir(run, source) / RECORD_FILE
+        path.write_text(json.dumps({**json.loads(path.read_text()), "settings": settings_of(TINY_TRAINING)}))
+    union = coalition_name([H, K])
+    shutil.copytree(adapter_dir(run, H), adapter_dir(retrain_dir(run) / "adapters", union))
+    context, progress = RunContext.open(run), tmp_path / "progress.jsonl"
+    run_validate(context, RETRAIN, Reporter(progress))
+    assert not (retrain_dir(run) / "rewards.csv").exists() and "the reward objectives are left out" in capsys.readouterr().out
+
+    run_job(run, "evaluate", EvaluationConfig(prompts=2, pool_per_anchor=2, max_new_tokens=4, chunk_prompts=1, ess_floor=0))
+    run_validate(context, RETRAIN, Reporter(progress))
+    rewards = pd.read_csv(retrain_dir(run) / "rewards.csv", dtype={"coalition": str, "prompt": str}).fillna({"coalition": ""})
+    assert list(rewards.columns) == ["method", "seed", "coalition", "prompt", "helpfulness", "harmlessness"]
+    assert len(rewards) == len(METHODS) * 4 * 2  # three methods, four coalitions, two prompts
+    by = rewards.set_index(["method", "coalition", "prompt"]).sort_index()[["helpfulness", "harmlessness"]]
+    evaluated = store(run).frame_of().set_index(["coalition", "prompt"]).sort_index()[["helpfulness", "harmlessness"]]
+    np.testing.assert_allclose(by.loc["arithmetic"], evaluated, atol=1e-6)
+    np.testing.assert_allclose(by.loc[("retrained", union)], by.loc[("retrained", H)], atol=1e-6)
+    assert not np.allclose(by.loc[("merged", union)], by.loc[("retrained", union)])  # the merge is a model of its own
+
+    values = retrain_values(run)
+    assert {"helpfulness", "harmlessness", "preference_accuracy"} <= set(values.objective)
+    assert (values.lower <= values.value).all() and (values.value <= values.upper).all()
+    reach = pool_reach(run)
+    assert reach["prompts"] == 2 and reach["pool"] == 4 * 2 and set(reach["ess"]) == set(METHODS)
+    assert all(0 < ess <= reach["pool"] for ess in reach["ess"].values())
+    assert reach_finding(reach) in capsys.readouterr().out
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["run_name"] = run.name
+    app.switch_page("pages/validate.py")
+    app.run()
+    assert not app.exception and any(reach_finding(reach) in m.value for m in app.markdown)
+    assert escape(reach_finding(reach)) in report_html(run)
+
+    stamps = {p: p.stat().st_mtime_ns for p in retrain_dir(run).rglob("*") if p.is_file()}
+    run_validate(context, RETRAIN, Reporter(progress))  # a relaunch: nothing weighed again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

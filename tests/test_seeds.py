@@ -9,13 +9,19 @@ import pytest
 
 from helpers import TINY_REWARDS as REWARDS, evaluation_folder, random_adapter_run, run_table, store
 from valuation import cli
+from valuation.config import ModelConfig
 from valuation.evaluation.settings import EvaluationConfig
+from valuation.evaluation.store import by_sources
 from valuation.games.intervals import bootstrap_intervals
 from valuation.games.utility_table import UtilityError, UtilityTable, with_seeds
 from valuation.games.values import value_sources
 from valuation.jobs.registry import run_job
+from valuation.lm.adapters import load_adapters
+from valuation.lm.models import load_model
 from valuation.lm.synthetic import save_random_adapters
 from valuation.report.reproduce import train_configs
+from valuation.rewards.heldout import coalition_preferences, held_out
+from valuation.runtime.context import RunContext
 from valuation.views.snapshot import RunSnapshot
 
 SOURCES = ["harmless-base", "helpful-base"]
@@ -77,7 +83,15 @@ def test_an_evaluation_plays_every_seed_and_the_values_average_them(tmp_path, es
     second = pd.read_csv(store(run).table_path("utilities", 1), keep_default_na=False)
     assert set(second.coalition) == set(first.coalition) and set(second.prompt) == set(first.prompt)
     assert not np.allclose(first.helpfulness, second.helpfulness)  # other adapters, other utilities
-    assert store(run).table_path("preference", 1).is_file()  # the reward-free utilities too
+    # The reward-free utilities too, every seed's game scored in one pass: each equals its game scored alone.
+    context, seeded = RunContext.open(run), [f"{s}@seed2" for s in SOURCES]
+    loaded = load_model(ModelConfig(name="tiny"))
+    alone = coalition_preferences(load_adapters(loaded, run, seeded), loaded.tokenizer,
+                                  held_out(loaded.tokenizer, context.split.eval_pairs, config.max_new_tokens), seeded, 0.1)
+    joint = pd.read_csv(store(run).table_path("preference", 1), keep_default_na=False).set_index(["coalition", "prompt"])
+    alone = by_sources(alone).set_index(["coalition", "prompt"]).loc[joint.index]
+    np.testing.assert_allclose(joint[["preference_accuracy", "reward_margin"]], alone[["preference_accuracy", "reward_margin"]],
+                               atol=1e-5)
     if estimator == "pooled":
         assert store(run).table_path("utilities-sequence", 1).is_file()
         assert len(store(run).samples()) == 2 * 4 * 2  # one pool (prompts x anchors x draws): the seed is weighed, not sampled

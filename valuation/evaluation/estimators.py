@@ -78,6 +78,11 @@ class Shard:
                  *(store.scores_path(o, self.key, self.index) for o in self.reward_keys)]
         return paths + [store.weights_path(self.key, self.index, folder) for folder, _ in self.weighings]
 
+    def responses(self, store: EvaluationStore) -> list[tuple[Messages, list[int]]]:
+        """The chunk's sampled responses, each with its prompt: what teacher forcing reads."""
+        messages = {p.prompt_id: p.messages for p in self.prompts}
+        return [(messages[r["prompt_id"]], r["token_ids"]) for r in store.rows(self.key, self.index)]
+
     def is_done(self, store: EvaluationStore) -> bool:
         return (store.has_samples(self.key, self.index)
                 and all(store.is_scored(o, self.key, self.index, *keys) for o, keys in self.reward_keys.items())
@@ -107,10 +112,9 @@ def run_shard(store: EvaluationStore, shard: Shard, engine: Engine, reporter: Re
     store.score(shard.key, shard.index, engine.rewards, messages, reporter)
     for replica, (folder, variants) in enumerate(shard.weighings):
         if not store.has_weights(shard.key, shard.index, folder):
-            rows = store.rows(shard.key, shard.index)
             stage = reporter.stage(f"weighing chunk {number}" + (f", seed {replica + 1}" if replica else ""))
-            weights = weigh(engine.model, engine.tokenizer, [(messages[r["prompt_id"]], r["token_ids"]) for r in rows],
-                            variants, shard.settings.max_batch_rows, stage)
+            weights = weigh(engine.model, engine.tokenizer, shard.responses(store), variants,
+                            shard.settings.max_batch_rows, stage)
             store.write_weights(shard.key, shard.index, folder, weights)
 
 
@@ -213,6 +217,15 @@ def evaluate_pooled(evaluation: Evaluation, replicas: int = 1) -> None:
     """Pooled utilities of the coalitions, chunk by chunk (utilities.csv rewritten after each), then
     the direct fallback for the coalitions the pool reaches poorly; then the same for each further
     training seed, from the same pool, weighed under that seed's adapters in the same pass."""
+    shards = pool_shards(evaluation, replicas)
+    for replica in range(replicas):
+        finished = evaluation.runner(shards) if replica == 0 else iter(shards)  # the first pass weighed every seed
+        pooled_replica(evaluation, finished, replica)
+
+
+def pool_shards(evaluation: Evaluation, replicas: int) -> list[Shard]:
+    """The pooled evaluation's chunks: the anchors' pool of each chunk of prompts, weighed under every
+    training seed's adapters (each seed's coalitions at the token level, where the game is small enough)."""
     context, config = evaluation.context, evaluation.config
     anchors = anchor_coalitions(context.sources)
     token_level = len(context.sources) <= TOKEN_LEVEL_MAX_PLAYERS
@@ -220,12 +233,9 @@ def evaluate_pooled(evaluation: Evaluation, replicas: int = 1) -> None:
                                     on_seed(evaluation.coalitions, replica) if token_level else [], replica,
                                     config.temperature)
                       for replica in range(replicas))
-    shards = evaluation.shards(anchors, config.pool_per_anchor, {
+    return evaluation.shards(anchors, config.pool_per_anchor, {
         "estimator": "pooled", "anchors": [sorted(a) for a in anchors], "pool_per_anchor": config.pool_per_anchor},
         weighings)
-    for replica in range(replicas):
-        finished = evaluation.runner(shards) if replica == 0 else iter(shards)  # the first pass weighed every seed
-        pooled_replica(evaluation, finished, replica)
 
 
 def seed_weighing(context: RunContext, anchors: list[Coalition], coalitions: list[Coalition], replica: int,

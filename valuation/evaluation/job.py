@@ -30,7 +30,7 @@ from ..games.coalitions import Coalition, all_coalitions, decode_rows
 from ..games.sampling import permutation_shapley
 from ..games.shapley import CachedGame
 from ..lm.adapters import trained_seeds, trained_sources
-from ..rewards.heldout import coalition_preferences, held_out
+from ..rewards.heldout import games_preferences, held_out
 from ..rewards.store import reward_models
 from ..storage import digest
 from .estimators import Engine, Evaluation, Runner, Shard, evaluate_directly, evaluate_pooled, run_shard
@@ -122,21 +122,23 @@ def evaluate_preferences(context: RunContext, store: EvaluationStore, model: Any
                          replicas: int = 1) -> None:
     """The preference table of the run's adapters on the pairs behind the split's evaluation prompts
     (whatever prompts the evaluation sampled on), replies cut to `tokens`, and again for each further
-    training seed; each kept while what produced it is unchanged."""
+    training seed; each kept while what produced it is unchanged. The seeds' games are scored in one
+    pass: the base and the layers below the adapters once for all of them."""
     pairs = context.split.eval_pairs  # from the sources, or from the trusted held-out file
-    heldout = None
-    for replica in range(replicas):
-        sources = replica_sources(context.sources, replica)
-        key = digest({"adapters": {s: digest(context.record(s)) for s in sources},
-                      "pairs": [p.pair_id for p in pairs], "tokens": tokens})
-        if store.preference_key(replica) == key:
-            continue
-        heldout = heldout or held_out(context.base.tokenizer, pairs, tokens)
-        seed = f" (seed {replica + 1})" if replica else ""
-        reporter.log(f"reward-free utilities{seed}: {2 ** len(sources)} coalitions on {len(heldout)} held-out pairs")
-        table = coalition_preferences(model, context.base.tokenizer, heldout, sources, context.record(sources[0])["beta"],
-                                      reporter.stage("held-out preference pairs" + seed))
-        store.write_preference(table, replica, {"key": key, "pairs": len(heldout), "tokens": tokens})
+    keys = {replica: digest({"adapters": {s: digest(context.record(s)) for s in replica_sources(context.sources, replica)},
+                             "pairs": [p.pair_id for p in pairs], "tokens": tokens})
+            for replica in range(replicas)}
+    pending = [replica for replica, key in keys.items() if store.preference_key(replica) != key]
+    if not pending:
+        return
+    heldout = held_out(context.base.tokenizer, pairs, tokens)
+    seeds = f" (seed {', '.join(str(r + 1) for r in pending)})" if pending != [0] else ""
+    reporter.log(f"reward-free utilities{seeds}: {2 ** len(context.sources)} coalitions on {len(heldout)} held-out pairs")
+    games = [(sources, all_coalitions(sources)) for sources in (replica_sources(context.sources, r) for r in pending)]
+    tables = games_preferences(model, context.base.tokenizer, heldout, games, context.record(context.sources[0])["beta"],
+                               reporter.stage("held-out preference pairs" + seeds))
+    for replica, table in zip(pending, tables):
+        store.write_preference(table, replica, {"key": keys[replica], "pairs": len(heldout), "tokens": tokens})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -136,13 +136,25 @@ def combine(log_probs: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor
 
 def variant_log_likelihoods(log_probs: torch.Tensor, reply: Sequence[int], coefficients: torch.Tensor,
                             max_floats: int = MAX_COMBINED_FLOATS) -> np.ndarray:
-    """sum_t log p_v(y_t | y<t) for every variant (row of `coefficients`), in blocks within `max_floats`."""
-    _, length, vocab = log_probs.shape
+    """sum_t log p_v(y_t | y<t) for every variant (row of `coefficients`), where
+
+        log p_v(y_t) = z_v,t[y_t] - logsumexp(z_v,t),   z_v,t = sum_m c_vm log pi_m(. | y<t)
+
+    The first term reads only the reply's tokens. The normaliser needs the whole vocabulary, in
+    blocks within `max_floats`, except for a variant that is one model as it is (one coefficient 1,
+    the rest 0): its log-probs are normalised already."""
+    models, length, vocab = log_probs.shape
     tokens, targets = torch.arange(length, device=log_probs.device), torch.tensor(reply, device=log_probs.device)
+    chosen = (coefficients.double() @ log_probs[:, tokens, targets].double()).sum(-1)  # sum_t z_v,t[y_t]
+    alone = (coefficients == 1).sum(-1).eq(1) & (coefficients != 0).sum(-1).eq(1)
+    mixed = torch.nonzero(~alone).flatten()
     block = max(1, max_floats // (length * vocab))
-    sums = [combine(log_probs, coefficients[first:first + block])[:, tokens, targets].sum(-1).double()
-            for first in range(0, len(coefficients), block)]
-    return torch.cat(sums).cpu().numpy()
+    normalisers = torch.zeros(len(coefficients), dtype=torch.float64, device=log_probs.device)
+    for first in range(0, len(mixed), block):
+        rows = mixed[first:first + block]
+        combined = (coefficients[rows] @ log_probs.reshape(models, -1)).view(-1, length, vocab)
+        normalisers[rows] = torch.logsumexp(combined, -1).double().sum(-1)
+    return (chosen - normalisers).cpu().numpy()
 
 
 def kl_divergences(combined: torch.Tensor, pairs: list[tuple[int, int]]) -> np.ndarray:

@@ -12,9 +12,9 @@ import pandas as pd
 
 from ..training.settings import PRESETS as TRAIN_PRESETS
 from ..runs import Run
-from ..validation.results import (model_utilities, read_scored, retrain_agreement, retrain_findings, retrain_scope,
-                                  retrain_values)
+from ..validation.results import model_utilities, read_scored, retrain_scope, retrain_values
 from ..validation.retrain import METHODS
+from ..validation.retrain_rewards import retrain_lines
 from ..validation.settings import recorded_config, result_folders
 from ..views.snapshot import RunSnapshot
 from .html import paragraph, section, subheading, table, with_interval
@@ -102,11 +102,12 @@ def retrain_parts(run: Run) -> list[str]:
             for index, objective, player in wide.index]
     return [subheading("Retrained on every coalition's data"),
             paragraph(retrain_scope(values) + " trained on its members' pairs with the run's settings, "
-                      "and the same game valued three ways on the same held-out pairs: retrained, by the arithmetic, "
+                      "and the same game valued three ways on the same held-out pairs (the reward models' objectives: "
+                      "on the evaluation's pooled responses): retrained, by the arithmetic, "
                       "and by merging the members' LoRA updates (95% intervals over held-out pairs"
                       + (" and training seeds)." if values.seeds.max() > 1 else ", one training seed).")),
             table(["value", "objective", "source", *METHODS], rows),
-            *(paragraph(line) for line in retrain_findings(retrain_agreement(values)))]
+            *(paragraph(line) for line in retrain_lines(run, values))]
 
 
 def validation_section(snapshot: RunSnapshot) -> str:

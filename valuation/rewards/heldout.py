@@ -74,17 +74,33 @@ def coalition_preferences(model: Any, tokenizer: Any, heldout: list[HeldOut], so
     Up to TOKEN_LEVEL_MAX_PLAYERS sources a coalition is the token-level arithmetic model (what the
     sampler samples); beyond, the sequence-level product of experts, log pi_S = l_0 + sum_{l in S}
     (l_l - l_0) up to log Z_S(x), which cancels in a margin: its margin is the sum of its members'."""
+    game = (sources, all_coalitions(sources) if coalitions is None else coalitions)
+    return games_preferences(model, tokenizer, heldout, [game], beta, progress)[0]
+
+
+def games_preferences(model: Any, tokenizer: Any, heldout: list[HeldOut], games: list[tuple[list[str], list[Coalition]]],
+                      beta: float, progress: Progress | None = None) -> list[pd.DataFrame]:
+    """`coalition_preferences` of several games at once, each given by its adapters and coalitions
+    (one per training seed, or a game before and after one player changed): every response is read
+    in one pass for all of them, so the base and the layers below the adapters are computed once."""
     from ..lm.scoring import score_coalitions, score_variants
 
-    coalitions = all_coalitions(sources) if coalitions is None else coalitions
-    if len(sources) <= TOKEN_LEVEL_MAX_PLAYERS:
-        scored = score_coalitions(model, tokenizer, responses_of(heldout), coalitions, progress=progress)
-    else:
-        alone = score_variants(model, tokenizer, responses_of(heldout), {m: [(m, 1.0)] for m in [BASE, *sources]},
-                               progress=progress).log_likelihoods
-        gains = np.array([alone[s] - alone[BASE] for s in sources])  # [n, responses]
-        scored = {c: alone[BASE] + row for c, row in zip(coalitions, membership(coalitions, sources).astype(float) @ gains)}
-    return coalition_utilities({coalition_name(c): values for c, values in scored.items()}, heldout, beta)
+    token_level = [len(sources) <= TOKEN_LEVEL_MAX_PLAYERS for sources, _ in games]
+    by_tokens = [c for (_, coalitions), token in zip(games, token_level) if token for c in coalitions]
+    experts = list(dict.fromkeys(m for (sources, _), token in zip(games, token_level) if not token for m in sources))
+    scored = score_coalitions(model, tokenizer, responses_of(heldout), list(dict.fromkeys(by_tokens)),
+                              progress=progress) if by_tokens else {}
+    alone = score_variants(model, tokenizer, responses_of(heldout), {m: [(m, 1.0)] for m in [BASE, *experts]},
+                           progress=progress).log_likelihoods if experts else {}
+    tables = []
+    for (sources, coalitions), token in zip(games, token_level):
+        if token:
+            game = {c: scored[c] for c in coalitions}
+        else:
+            gains = np.array([alone[s] - alone[BASE] for s in sources])  # [n, responses]
+            game = {c: alone[BASE] + row for c, row in zip(coalitions, membership(coalitions, sources).astype(float) @ gains)}
+        tables.append(coalition_utilities({coalition_name(c): values for c, values in game.items()}, heldout, beta))
+    return tables
 
 
 def coalition_utilities(log_likelihoods: Mapping[str, np.ndarray], heldout: list[HeldOut], beta: float) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from ..games.coalitions import all_coalitions, coalition_name, parse_coalition
 from ..games.intervals import bootstrap_intervals
 from ..games.utility_table import UtilityTable
 from ..lm.adapters import adapter_dir, load_adapters, read_record, trained_adapters, trained_sources
-from ..rewards.heldout import coalition_preferences, held_out
+from ..rewards.heldout import games_preferences, held_out
 from ..storage import atomic_write_json, atomic_write_text, digest
 from .audit import AuditError, audited_pairs, flagged
 from .job import fit_missing
@@ -96,11 +96,13 @@ def values_without(context: RunContext, source: str, adapter: str, tokens: int, 
     model.eval()
     beta = read_record(run, source)["beta"]
     reporter.log(f"valuing {', '.join(sources)} on {len(heldout)} held-out pairs, with {source} and with {adapter}")
-    before = coalition_preferences(model, context.base.tokenizer, heldout, sources, beta, reporter.stage("before"))
     # After: only the coalitions the kept adapter joins are new (and the base, every margin's reference).
+    # Both games in one pass: the base and the other sources' adapters are read once for the two.
     swapped = [adapter if s == source else s for s in sources]
     new = [c for c in all_coalitions(swapped) if not c or adapter in c]
-    joined = coalition_preferences(model, context.base.tokenizer, heldout, swapped, beta, reporter.stage("after"), new)
+    before, joined = games_preferences(model, context.base.tokenizer, heldout,
+                                       [(sources, all_coalitions(sources)), (swapped, new)], beta,
+                                       reporter.stage("before and after"))
     joined["coalition"] = [coalition_name({source if m == adapter else m for m in parse_coalition(c)})
                            for c in joined.coalition]
     after = pd.concat([before[~before.coalition.map(lambda c: source in parse_coalition(c))],

@@ -11,7 +11,7 @@ from ..storage import atomic_write_json
 from .accuracy import run_accuracy
 from .inputs import read_inputs
 from .results import summary
-from .retrain import run_retrain
+from .retrain_rewards import run_retrain
 from .scaling import run_scaling
 from .settings import SETTINGS_FILE, TRAINING_EXPERIMENTS, ValidationConfig, ValidationError, recorded_config, results_dir
 from .trained import compare_trained

@@ -110,12 +110,22 @@ def accuracy_shapley(run: Run) -> pd.DataFrame:
 def retrain_values(run: Run) -> pd.DataFrame:
     """Each source's value three ways (retrained, arithmetic, merged), by Shapley (where every
     coalition was retrained) and by leave-one-out, exact, with bootstrap intervals over held-out pairs
-    (and training seeds where there are several): method, index, objective, player, value, stderr,
-    lower, upper. Empty before the experiment ran."""
-    path = retrain_dir(run) / "utilities.csv"
-    if not path.exists():
-        return pd.DataFrame()
-    utilities = read_utilities(path)
+    (the reward-free objectives) or the evaluation's prompts (the reward models'), and training seeds
+    where there are several: method, index, objective, player, value, stderr, lower, upper. Empty
+    before the experiment ran."""
+    frames = [frame for utilities in retrain_tables(run) for frame in retrain_game_values(utilities)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def retrain_tables(run: Run) -> list[pd.DataFrame]:
+    """The retrain games' utilities as written: on held-out pairs (the reward-free objectives), and on
+    the evaluation's pooled responses (the reward models' objectives) where they were read off."""
+    folder = retrain_dir(run)
+    return [read_utilities(folder / name) for name in ("utilities.csv", "rewards.csv") if (folder / name).exists()]
+
+
+def retrain_game_values(utilities: pd.DataFrame) -> list[pd.DataFrame]:
+    """One table's values, per method and index (Shapley where every coalition is in it)."""
     frames = []
     for method, rows in utilities.groupby("method", sort=False):
         tables = [UtilityTable.from_frame(part.drop(columns=["method", "seed"])) for _, part in rows.groupby("seed")]
@@ -124,7 +134,7 @@ def retrain_values(run: Run) -> pd.DataFrame:
         for index in ("shapley", "leave-one-out") if not table.missing_coalitions() else ("leave-one-out",):
             result = bootstrap_intervals(table.players, table, index=index)
             frames.append(result.to_frame().assign(method=method, index=index, seeds=result.seeds))
-    return pd.concat(frames, ignore_index=True)
+    return frames
 
 
 def retrain_scope(values: pd.DataFrame) -> str:
@@ -170,11 +180,11 @@ def retrain_findings(agreement: pd.DataFrame) -> list[str]:
 def retrain_coalitions(run: Run) -> pd.DataFrame:
     """Every coalition's utility (mean over held-out pairs and seeds) by each method, for the scatter:
     coalition, size, objective, retrained, arithmetic, merged."""
-    path = retrain_dir(run) / "utilities.csv"
-    if not path.exists():
+    tables = retrain_tables(run)
+    if not tables:
         return pd.DataFrame()
-    utilities = read_utilities(path)
-    long = utilities.melt(id_vars=["method", "seed", "coalition", "prompt"], var_name="objective", value_name="utility")
+    long = pd.concat([utilities.melt(id_vars=["method", "seed", "coalition", "prompt"], var_name="objective",
+                                     value_name="utility") for utilities in tables])
     wide = long.pivot_table(index=["coalition", "objective"], columns="method", values="utility", aggfunc="mean")
     wide = wide.reset_index()
     wide.insert(1, "size", wide.coalition.map(lambda c: len(parse_coalition(c))))

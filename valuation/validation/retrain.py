@@ -15,8 +15,9 @@ game is then played three ways on the same held-out pairs, every model teacher-f
 
 The three share the base (S empty) and each source alone (its own adapter): they differ only where
 |S| >= 2. Beyond EVERY_COALITION_MAX sources the sources are valued by leave-one-out only (Shapley
-needs every coalition). Utilities: held-out preference accuracy and implicit reward margin (`rewards.heldout`), on
+needs every coalition). Utilities here: held-out preference accuracy and implicit reward margin (`rewards.heldout`), on
 up to `retrain_pairs` pairs of the eval part taken evenly across sources (or of the gold set).
+The reward models' objectives are read off the run's pooled evaluation (`retrain_rewards`).
 
     <run>/validation/retrain/adapters/<a+b>[@seedK]/  the union adapters (record: members, pair ids)
     <run>/validation/retrain/utilities.csv            method, seed, coalition, prompt, preference_accuracy, reward_margin
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -41,7 +42,6 @@ from ..training.dpo import source_seed
 from ..training.settings import TrainConfig, recorded_config
 from ..training.pairs import fitting_pairs
 from .inputs import Inputs, fit_missing, judged_evenly
-from .results import retrain_agreement, retrain_findings, retrain_values
 from .settings import ValidationConfig, ValidationError, retrain_dir
 
 if TYPE_CHECKING:
@@ -88,8 +88,9 @@ def union_pairs(context: RunContext, coalition: Coalition, settings: TrainConfig
                                       settings.max_pairs or len(context.split.train[source]))]
 
 
-def run_retrain(inputs: Inputs, reporter: Reporter) -> Path:
-    """Train every coalition's adapter that is missing, then score the three games; the table's path."""
+def train_and_score(inputs: Inputs, reporter: Reporter) -> Path:
+    """Train every coalition's adapter that is missing, then score the three reward-free games; the
+    table's path (its record, utilities.json, says which sources and seeds)."""
     run = inputs.context.run
     sources = retrain_sources(inputs.config, run)
     seeds = min(inputs.config.retrain_seeds, trained_seeds(run, sources))
@@ -103,8 +104,6 @@ def run_retrain(inputs: Inputs, reporter: Reporter) -> Path:
     if not (path.exists() and key_path.exists() and json.loads(key_path.read_text(encoding="utf-8")) == key):
         compute_games(inputs.context, sources, settings, seeds, heldout, reporter)
         atomic_write_json(key_path, key)
-    for line in retrain_findings(retrain_agreement(retrain_values(run))):
-        reporter.log(line)
     return path
 
 
@@ -126,36 +125,46 @@ def compute_games(context: RunContext, sources: list[str], settings: TrainConfig
     atomic_write_text(folder / "utilities.csv", table.to_csv(index=False, float_format="%.6g"))
 
 
-def scored_games(context: RunContext, sources: list[str], replica: int, heldout: list[HeldOut],
-                 reporter: Reporter) -> pd.DataFrame:
-    """The three games' utilities under training seed `replica`, per (method, coalition, prompt)."""
-    from ..lm.merging import merged_coalition_adapter
-    from ..lm.scoring import score_variants
-
+def retrain_model(context: RunContext, sources: list[str], replica: int) -> tuple[Any, dict[str, str]]:
+    """A private copy of the base (merges and union adapters join it, never the shared base) holding
+    the sources' adapters under training seed `replica` and every union's: (the model, source -> its adapter)."""
     run, folder = context.run, retrain_dir(context.run) / "adapters"
     solo = {s: seed_adapter(s, replica) for s in sources}
-    loaded = context.fresh_model()  # merges and union adapters join this copy, never the shared base
-    model = load_adapters(loaded, run, list(solo.values()))
+    model = load_adapters(context.fresh_model(), run, list(solo.values()))
     for coalition in unions(sources):
         name = seed_adapter(coalition_name(coalition), replica)
         model.load_adapter(adapter_dir(folder, name), adapter_name=name, is_trainable=False)
     model.eval()
-    variants = {}
-    for coalition in game_coalitions(sources):
-        members = [solo[s] for s in sorted(coalition)]
-        for method in METHODS:
-            if len(coalition) < 2:  # the base and each source alone: one model, whatever the method
-                terms = formula_terms(members)
-            elif method == "retrained":
-                terms = [(seed_adapter(coalition_name(coalition), replica), 1.0)]
-            elif method == "arithmetic":
-                terms = formula_terms(members)
-            else:
-                terms = [(merged_coalition_adapter(model, members), 1.0)]
-            variants[(method, coalition_name(coalition))] = terms
-    scores = score_variants(model, loaded.tokenizer, responses_of(heldout), variants,
+    return model, solo
+
+
+def method_terms(model: Any, coalition: Coalition, method: str, replica: int, solo: dict[str, str]
+                 ) -> list[tuple[str, float]]:
+    """What coalition S's model is under each method, as (adapter, coefficient) terms of its log-probs:
+    the base and each source alone are one model whatever the method; a union is its own adapter
+    (retrained), the formula over its members (arithmetic), or one adapter holding their summed
+    LoRA updates (merged)."""
+    from ..lm.merging import merged_coalition_adapter
+
+    members = [solo[s] for s in sorted(coalition)]
+    if len(coalition) < 2 or method == "arithmetic":
+        return formula_terms(members)
+    if method == "retrained":
+        return [(seed_adapter(coalition_name(coalition), replica), 1.0)]
+    return [(merged_coalition_adapter(model, members), 1.0)]
+
+
+def scored_games(context: RunContext, sources: list[str], replica: int, heldout: list[HeldOut],
+                 reporter: Reporter) -> pd.DataFrame:
+    """The three games' utilities under training seed `replica`, per (method, coalition, prompt)."""
+    from ..lm.scoring import score_variants
+
+    model, solo = retrain_model(context, sources, replica)
+    variants = {(method, coalition_name(coalition)): method_terms(model, coalition, method, replica, solo)
+                for coalition in game_coalitions(sources) for method in METHODS}
+    scores = score_variants(model, context.base.tokenizer, responses_of(heldout), variants,
                             progress=reporter.stage(f"retrain: scoring seed {replica + 1}"))
-    beta = read_record(run, sources[0])["beta"]
+    beta = read_record(context.run, sources[0])["beta"]
     frames = [coalition_utilities({coalition: values for (kind, coalition), values in scores.log_likelihoods.items()
                                    if kind == method}, heldout, beta).assign(method=method, seed=replica)
               for method in METHODS]
