@@ -152,5 +152,6 @@ if not retrained.empty:
     indices = list(retrained["index"].unique())  # leave-one-out only beyond 4 sources
     index = st.segmented_control("Value", indices, default=indices[0], key="retrain_index") or indices[0]
     chart(intervals_figure(retrained[retrained["index"] == index], color="method"))
-    st.markdown("**Every coalition's utility**, by each shortcut against retraining it (dotted: where they agree).")
+    st.markdown("**Every coalition's utility**, by each shortcut (up) against its own adapter retrained on the "
+                "coalition's data (across; dotted: where they agree).")
     chart(retrain_scatter_figure(retrain_coalitions(run)))

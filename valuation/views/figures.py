@@ -171,7 +171,9 @@ def kl_figure(curve: pd.DataFrame) -> go.Figure:
 def intervals_figure(values: pd.DataFrame, color: str | None = None) -> go.Figure:
     """Values with their intervals as error bars, one panel per objective (bars side by side by `color`)."""
     return px.bar(values, x="player", y="value", error_y=values.upper - values.value, color=color, barmode="group",
-                  error_y_minus=values.value - values.lower, facet_col="objective").update_yaxes(matches=None)
+                  error_y_minus=values.value - values.lower, facet_col="objective",
+                  facet_col_spacing=0.06).update_yaxes(matches=None,
+                                                                                                showticklabels=True)
 
 
 def retrain_scatter_figure(coalitions: pd.DataFrame) -> go.Figure:
@@ -180,9 +182,9 @@ def retrain_scatter_figure(coalitions: pd.DataFrame) -> go.Figure:
     long = coalitions.melt(["coalition", "size", "objective", "retrained"], ["arithmetic", "merged"],
                            var_name="shortcut", value_name="utility by the shortcut")
     figure = px.scatter(long, x="retrained", y="utility by the shortcut", color="shortcut", symbol="shortcut",
-                        hover_data=["coalition", "size"], facet_col="objective",
-                        labels={"retrained": "utility, retrained on the coalition's data"})
-    figure.update_xaxes(matches=None).update_yaxes(matches=None)
+                        hover_data=["coalition", "size"], facet_col="objective", facet_col_spacing=0.06,
+                        labels={"retrained": "retrained"})  # one short title per panel: four fit side by side
+    figure.update_xaxes(matches=None).update_yaxes(matches=None, showticklabels=True)
     for column, (_, group) in enumerate(coalitions.groupby("objective", sort=False), start=1):
         low, high = group[["retrained", "arithmetic", "merged"]].min().min(), group[["retrained", "arithmetic", "merged"]].max().max()
         figure.add_shape(type="line", x0=low, y0=low, x1=high, y1=high, line={"dash": "dot", "color": "grey"},
