@@ -38,11 +38,11 @@ from valuation.lm.arithmetic import (  # noqa: E402
     coalition_requests,
     draw_tokens,
     group_generator,
-    left_pad,
     sample_coalitions,
     stop_token_ids,
 )
 from valuation.games.coalitions import BASE, all_coalitions, formula_terms  # noqa: E402
+from valuation.lm.forward import left_pad  # noqa: E402
 from valuation.config import ModelConfig  # noqa: E402
 from valuation.lm.models import load_model  # noqa: E402
 from valuation.lm.tokens import prompt_ids  # noqa: E402

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from worktree import checked_out
+
 STAGES = {  # stage -> (file suffix, function names): the outermost match's cumulative time
     "sampling": ("valuation/lm/arithmetic.py", ("sample_coalitions",)),
     "teacher forcing": ("valuation/lm/scoring.py", ("scored_replies", "reply_log_probs")),
@@ -116,17 +118,8 @@ def main() -> None:
         return
     columns = {"this tree": side(here, args)}
     if args.before:
-        with tempfile.TemporaryDirectory(prefix="before-") as scratch:
-            worktree = Path(scratch) / "tree"
-            subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", str(worktree), args.before],
-                           check=True, capture_output=True)
-            try:
-                (worktree / ".venv").symlink_to(here / ".venv")
-                if (here.parent / "shared").exists():  # the offline data, where a project finds it (../shared/data)
-                    (Path(scratch) / "shared").symlink_to(here.parent / "shared")
-                columns = {args.before: side(worktree, args), **columns}
-            finally:
-                subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(worktree)], check=True)
+        with checked_out(args.before) as worktree:
+            columns = {args.before: side(worktree, args), **columns}
     rows = ["evaluation s", "total s", *STAGES]
     names = list(columns)
     print(f"| stage | {' | '.join(names)} |" + (" before / after |" if len(names) == 2 else ""))

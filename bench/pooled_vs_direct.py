@@ -37,6 +37,7 @@ from valuation.evaluation.settings import EvaluationConfig  # noqa: E402
 from valuation.games.values import value_sources  # noqa: E402
 from valuation.jobs.demo import DEMO_PROMPTS, DEMO_SOURCE  # noqa: E402
 from valuation.jobs.registry import run_job  # noqa: E402
+from valuation.lm.adapters import SEED_MARK  # noqa: E402
 from valuation.lm.synthetic import save_random_adapters  # noqa: E402
 from valuation.rewards.job import RewardJobConfig  # noqa: E402
 from valuation.runs import Run, create_run  # noqa: E402
@@ -63,8 +64,10 @@ def synthetic_run(root: Path, n: int) -> Run:
 
 
 def demo_run(root: Path) -> Run:
+    """The demo's first training seed: its other seeds' adapters left out (with them direct would sample
+    every coalition under every seed, and pooled weigh each seed; the issue's 2.5x had one seed)."""
     run = Run(root / "demo")
-    shutil.copytree(DEMO_SOURCE, run.path, ignore=shutil.ignore_patterns("evaluation", "validation"))
+    shutil.copytree(DEMO_SOURCE, run.path, ignore=shutil.ignore_patterns("evaluation", "validation", f"*{SEED_MARK}*"))
     return run
 
 
@@ -95,11 +98,13 @@ def agreement(direct, pooled) -> tuple[float, float]:
     return worst, rho
 
 
-def compare(run: Run, prompts: int, tokens: int, samples: int, per_anchor: int, prompts_file: str = "") -> dict:
+def compare(run: Run, prompts: int, tokens: int, samples: int, per_anchor: int, fallback_samples: int,
+            prompts_file: str = "") -> dict:
     common = dict(prompts=prompts, max_new_tokens=tokens, temperature=0.7, top_p=1.0, prompts_file=prompts_file)
     run_job(run, "rewards", RewardJobConfig())
     direct = measure(run, EvaluationConfig(estimator="direct", samples=samples, **common))
-    pooled = measure(run, EvaluationConfig(estimator="pooled", samples=samples, pool_per_anchor=per_anchor, **common))
+    pooled = measure(run, EvaluationConfig(estimator="pooled", samples=fallback_samples, pool_per_anchor=per_anchor,
+                                           **common))
     worst, rho = agreement(direct["valuation"], pooled["valuation"])
     row = {"n": len(direct["valuation"].players)}
     for what in ("decode rows", "teacher-forced rows", "reward calls", "seconds"):
@@ -134,16 +139,20 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--samples", type=int, default=2, help="Direct samples per prompt and coalition.")
     parser.add_argument("--per-anchor", type=int, default=4, help="Pooled draws per prompt and anchor.")
+    parser.add_argument("--fallback-samples", type=int, default=EvaluationConfig.samples,
+                        help="Pooled: direct samples of a coalition below its ESS floor (default: the pooled "
+                             "estimator's own, matched to the floor of 2).")
     args = parser.parse_args()
     rows, timings = [], []
     with tempfile.TemporaryDirectory(prefix="pooled-bench-") as scratch:
         root = Path(scratch)
         for n in args.sources:
-            rows.append(compare(synthetic_run(root, n), args.prompts, args.tokens, args.samples, args.per_anchor))
+            rows.append(compare(synthetic_run(root, n), args.prompts, args.tokens, args.samples, args.per_anchor,
+                                args.fallback_samples))
             print(pd.Series(rows[-1]).to_string(), flush=True)
         if args.demo:
             rows.append(compare(demo_run(root), args.prompts, args.tokens, args.samples, args.per_anchor,
-                                prompts_file=str(DEMO_PROMPTS)) | {"n": "4 (demo)"})
+                                args.fallback_samples, prompts_file=str(DEMO_PROMPTS)) | {"n": "4 (demo)"})
             print(pd.Series(rows[-1]).to_string(), flush=True)
         for n in args.pooled_only:
             timings.append(pooled_only(root, n, args.prompts, args.tokens, args.per_anchor))

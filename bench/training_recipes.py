@@ -167,7 +167,7 @@ def speed(repeats: int = 3) -> None:
     from peft import LoraConfig, get_peft_model
 
     from valuation.lm.trunk import decoder, reply_log_likelihoods, run_layers, trunk_states
-    from valuation.lm.arithmetic import left_pad
+    from valuation.lm.forward import left_pad
 
     data, split = default_split()
     loaded = load_model(ModelConfig())

@@ -37,10 +37,10 @@ GREEDY = SamplingSettings(temperature=0, max_new_tokens=6)
 SAMPLED = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=6, seed=3)
 
 
-def with_adapters(dtype: str = "float32"):
+def with_adapters(dtype: str = "float32", layers: list[int] | None = None):
     loaded = load_model(ModelConfig(name="tiny", device="cpu", dtype=dtype))
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False)
+                        init_lora_weights=False, layers_to_transform=layers)
     torch.manual_seed(0)
     model = get_peft_model(loaded.model, config, adapter_name=SOURCES[0])
     for name in SOURCES[1:]:
@@ -142,6 +142,32 @@ def test_greedy_sampling_matches_each_model_alone_and_brute_force(tiny):
     for generation in sample_coalitions(model, tokenizer, requests, settings):
         expected = brute_force_greedy(model, tokenizer, PROMPTS[generation.prompt_index], generation.coalition, 4)
         assert generation.token_ids == expected, generation.coalition
+
+
+def test_adapters_on_the_top_layer_share_the_layer_below_and_draw_what_the_whole_model_draws(monkeypatch):
+    from valuation.lm import trunk
+
+    model, tokenizer = with_adapters(layers=[1])  # the tiny model's top layer of 2
+    assert trunk.shared_depth(model, SOURCES) == 1  # so each group's token runs layer 0 once, for all its rows
+    greedy = coalition_requests(PROMPTS[:2], [(), ("s0",), ("s0", "s1", "s2")])
+    free = sample_coalitions(model, tokenizer, greedy, GREEDY)
+    for generation in free:
+        expected = brute_force_greedy(model, tokenizer, PROMPTS[generation.prompt_index], generation.coalition, 6)
+        assert generation.token_ids == expected, generation.coalition
+    # The singleton's second token made an end token: groups end at it and leave the caches, the rest go on.
+    end = free[1].token_ids[1]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end]
+    ended = sample_coalitions(model, tokenizer, greedy, GREEDY)
+    assert ended[1].num_tokens == 2 and ended[1].finished_by_eos
+    for before, after in zip(free, ended):
+        assert after.token_ids == before.token_ids[:before.token_ids.index(end) + 1 if end in before.token_ids else 6]
+
+    requests = coalition_requests(PROMPTS[:2], all_coalitions(SOURCES[:3]), samples=2)
+    settings = SamplingSettings(temperature=1.0, top_p=0.8, top_k=40, max_new_tokens=4, seed=1, max_batch_rows=7)
+    shared = tokens(sample_coalitions(model, tokenizer, requests, settings))
+    monkeypatch.setattr(trunk, "decoder", lambda model: (_ for _ in ()).throw(trunk.TrunkError("not split")))
+    assert tokens(sample_coalitions(model, tokenizer, requests, settings)) == shared  # every row through every layer
+    assert tokens(sample_coalitions(model, tokenizer, greedy, GREEDY)) == tokens(ended)
 
 
 def test_singleton_and_empty_equal_peft_generate(tiny):

@@ -30,8 +30,9 @@ from valuation.data.sources import record_sources
 SOURCES = ["harmless-base", "helpful-base"]
 TRAIN = {"train_layers": 1, "max_pairs": 8, "batch_size": 2, "gradient_accumulation": 1, "max_length": 64, "max_prompt_length": 48}
 # The lost node must take a source's training with it. Over the top layer the tiny model's 4 steps
-# take a few milliseconds, done before the node goes: there, train every layer through TRL (slower).
-EVERY_LAYER = {**TRAIN, "train_layers": 0}
+# take a few milliseconds, done before the node goes: there, train every layer through TRL (slower),
+# for 20 steps, so that a source is still stepping when its node goes (4 steps sometimes finished first).
+EVERY_LAYER = {**TRAIN, "train_layers": 0, "max_pairs": 40}
 
 
 # ---------------------------------------------------------------- settings, without a cluster

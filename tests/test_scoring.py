@@ -157,6 +157,40 @@ def test_batches_and_blocks_do_not_change_the_scores(tiny, responses) -> None:
     np.testing.assert_allclose(blocked, variant_log_likelihoods(log_probs, [0, 6, 3, 3, 1], coefficients), rtol=1e-6)
 
 
+def coalition_coefficients(sources: int, seeds: int, temperature: float) -> torch.Tensor:
+    """Every coalition of `sources` adapters under each of `seeds` training seeds, at `temperature`:
+    rows over [base, seed 1's adapters, seed 2's, ...], as the pooled weights and the seeds' game use them."""
+    rows = []
+    for seed in range(seeds):
+        for coalition in all_coalitions(range(sources)):
+            row = torch.zeros(1 + sources * seeds)
+            row[0] = (1 - len(coalition)) / temperature
+            row[[1 + seed * sources + i for i in coalition]] = 1 / temperature
+            rows.append(row)
+    return torch.stack(rows)
+
+
+def test_the_normalisers_of_every_coalition_match_float64() -> None:
+    torch.manual_seed(0)
+    float64 = lambda log_probs, c: torch.logsumexp(
+        torch.einsum("vm,mtk->vtk", c.double(), log_probs.double()), -1).sum(-1)
+    # 2^6 coalitions under two seeds (the halves' patterns and the seeds apart), and dense random variants.
+    for coefficients in (coalition_coefficients(6, 2, 0.7), torch.randn(9, 13)):
+        log_probs = (3 * torch.randn(13, 5, 3000)).log_softmax(-1)
+        for max_floats in (scoring.MAX_COMBINED_FLOATS, 3000):  # by token blocks too
+            np.testing.assert_allclose(scoring.log_normalisers(log_probs, coefficients, max_floats),
+                                       float64(log_probs, coefficients), atol=2e-5)
+    # Two adapters sure of different tokens: the halves' shifted sums fall below float32's range,
+    # and those variants are read exactly instead.
+    log_probs = torch.full((3, 2, 50), -200.0)
+    log_probs[0] = 0
+    log_probs[1, :, 0] = log_probs[2, :, 1] = 0
+    log_probs = log_probs.log_softmax(-1)
+    coefficients = coalition_coefficients(2, 1, 1.0)
+    np.testing.assert_allclose(scoring.log_normalisers(log_probs, coefficients), float64(log_probs, coefficients),
+                               atol=1e-5)
+
+
 def test_an_unknown_model_is_a_user_error(tiny, responses) -> None:
     model, tokenizer = tiny
     with pytest.raises(AdapterError, match="nope"):

@@ -10,12 +10,12 @@ The coefficients sum to one, so the empty coalition is the base model and a sing
 Sampling runs many (coalition, prompt, sample) groups at once. A group owns one batch row per term
 of its formula; every decoding step is ONE forward pass over a mixed-adapter batch (PEFT's
 `adapter_names`, "__base__" for pi_0), after which each group combines its rows' log-softmaxes in
-float32, samples one token and appends it to all of its rows. Each group has its own random
-generator seeded from (seed, prompt index, sample index) and never from the coalition: every
-coalition sees the same random numbers (common random numbers), whatever else shares the batch.
+float32, samples one token and appends it to all of its rows. Where the adapters change only the top
+layers (`lm.trunk`), the layers below them run once per group, not once per row. Each group has its
+own random generator seeded from (seed, prompt index, sample index) and never from the coalition:
+every coalition sees the same random numbers (common random numbers), whatever else shares the batch.
 
-The model is shared by every caller in the process and PEFT's mixed batches hang temporary hooks on
-it, so each forward pass holds `MODEL_LOCK`; concurrent generations interleave step by step.
+Each forward pass holds `forward.MODEL_LOCK`; concurrent generations interleave step by step.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from ..config import helped
 from ..data.preferences import Messages
 from ..errors import UserError
 from .adapters import check_attached
+from .forward import GroupRows, WholeModelRows, model_device
 from .tokens import prompt_ids
 
-MODEL_LOCK = threading.Lock()  # held for every forward pass and every change to the adapters
 
 
 class SamplingError(UserError):
@@ -116,34 +116,6 @@ def check_coalitions(model: torch.nn.Module, coalitions: Iterable[Collection[str
         if len(set(coalition)) < len(coalition):
             raise SamplingError(f"coalition {list(coalition)} names a source twice.")
         check_attached(model, coalition)
-
-
-# -----------------------------------------------------------------------------
-# the model, one locked forward pass at a time
-
-
-def forward_log_probs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      position_ids: torch.Tensor, adapters: list[str], cache=None, keep: int = 1):
-    """Float32 log-softmax of the last `keep` positions' logits, one row per adapter; and the cache."""
-    extra = {"adapter_names": adapters} if hasattr(model, "peft_config") else {}
-    device = model_device(model)
-    with MODEL_LOCK, torch.no_grad():
-        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    position_ids=position_ids.to(device), cache=cache, use_cache=True, logits_to_keep=keep, **extra)
-        return out.logits.float().log_softmax(-1), out.cache
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Input ids, attention mask and position ids (0, 1, ... from each row's first real token)."""
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in sequences])
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences])
-    # Under left padding positions count real tokens only; the model's default would shift them.
-    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def stop_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -268,17 +240,9 @@ def decode_chunk(model, tokenizer, groups: list[tuple[int, GenerationRequest]], 
     row_group = torch.tensor([g for g, group_terms in enumerate(terms) for _ in group_terms], device=device)
     row_coef = torch.tensor([coef for group_terms in terms for _, coef in group_terms], device=device)
     row_adapter = [adapter for group_terms in terms for adapter, _ in group_terms]
-
-    # Prefill once per distinct (prompt, model), then copy its cache to every row that needs it.
-    prompts = [tuple(prompt_ids(tokenizer, request.messages)) for _, request in groups]
-    row_keys = [(prompts[g], adapter) for g, adapter in zip(row_group.tolist(), row_adapter)]
-    distinct = {key: slot for slot, key in enumerate(dict.fromkeys(row_keys))}
-    source_of_row = torch.tensor([distinct[key] for key in row_keys], device=device)
-    input_ids, mask, positions = left_pad([ids for ids, _ in distinct], tokenizer.pad_token_id)
-    log_probs, cache = forward_log_probs(model, input_ids, mask, positions, [adapter for _, adapter in distinct])
-    log_probs, mask = log_probs[source_of_row, -1], mask.to(device)[source_of_row]
-    cache.batch_select_indices(source_of_row)
-    next_position = positions.to(device)[source_of_row, -1] + 1
+    prompts = [prompt_ids(tokenizer, request.messages) for _, request in groups]
+    rows = row_decoder(model, tokenizer.pad_token_id, prompts, row_group, row_adapter)
+    log_probs = rows.start()
 
     active = list(range(len(groups)))  # chunk-local group ids still decoding; row_group indexes into it
     tokens: list[list[int]] = [[] for _ in groups]
@@ -302,25 +266,32 @@ def decode_chunk(model, tokenizer, groups: list[tuple[int, GenerationRequest]], 
                                                     len(tokens[g]), by_eos, time.perf_counter() - start)
         yield StepUpdate(pieces, finished)
 
-        # Finished groups leave the batch: keep the rows (and cache) of the others.
+        # Finished groups leave the batch: keep the rows (and caches) of the others.
         alive = torch.tensor([groups[g][0] not in finished for g in active], device=device)
         if not alive.any():
             return
         if not alive.all():
-            rows = alive[row_group].nonzero().squeeze(-1)
-            new_slot = alive.long().cumsum(0) - 1
-            row_group, row_coef = new_slot[row_group[rows]], row_coef[rows]
-            row_adapter = [row_adapter[r] for r in rows.tolist()]
-            mask, next_position = mask[rows], next_position[rows]
-            cache.batch_select_indices(rows)
+            kept = alive[row_group].nonzero().squeeze(-1)
+            row_group, row_coef = (alive.long().cumsum(0) - 1)[row_group[kept]], row_coef[kept]
+            rows.keep(alive.nonzero().squeeze(-1), kept, row_group)
             active = [g for g, keep in zip(active, alive.tolist()) if keep]
             drawn = [drawn[slot] for slot, keep in enumerate(alive.tolist()) if keep]
 
-        # Every row of a group takes the group's token; one mixed-adapter forward pass for all rows.
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        input_ids = torch.tensor(drawn, device=device)[row_group][:, None]
-        log_probs, cache = forward_log_probs(model, input_ids, mask, next_position[:, None], row_adapter, cache)
-        log_probs, next_position = log_probs[:, -1], next_position + 1
+        # Every row of a group takes the group's token.
+        log_probs = rows.step(torch.tensor(drawn, device=device))
+
+
+def row_decoder(model: torch.nn.Module, pad_id: int, prompts: list[list[int]], row_group: torch.Tensor,
+                row_adapter: list[str]) -> GroupRows:
+    """A decoder that can be split (`lm.trunk`) runs each group's token through the layers every
+    model shares with the base once; any other runs every row through the whole model."""
+    from .trunk import SharedTrunkRows, TrunkError, decoder  # trunk reads transformers' internals: load it late
+
+    try:
+        decoder(model)
+    except TrunkError:
+        return WholeModelRows(model, pad_id, prompts, row_group, row_adapter)
+    return SharedTrunkRows(model, pad_id, prompts, row_group, row_adapter)
 
 
 def new_text(text: str, emitted: str) -> tuple[str, str]:

@@ -16,7 +16,8 @@ from typing import Literal
 
 from peft import PeftModel
 
-from .arithmetic import MODEL_LOCK, SamplingError, check_coalitions
+from .arithmetic import SamplingError, check_coalitions
+from .forward import MODEL_LOCK
 from ..games.coalitions import coalition_name
 
 MERGE_PREFIX = "merge:"

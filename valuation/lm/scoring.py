@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .adapters import check_attached
-from .arithmetic import forward_log_probs, left_pad
+from .forward import forward_log_probs, left_pad
 from ..games.coalitions import BASE, Coalition, formula_terms
 from ..data.preferences import Messages
 from .tokens import prompt_ids
@@ -140,21 +140,108 @@ def variant_log_likelihoods(log_probs: torch.Tensor, reply: Sequence[int], coeff
 
         log p_v(y_t) = z_v,t[y_t] - logsumexp(z_v,t),   z_v,t = sum_m c_vm log pi_m(. | y<t)
 
-    The first term reads only the reply's tokens. The normaliser needs the whole vocabulary, in
-    blocks within `max_floats`, except for a variant that is one model as it is (one coefficient 1,
-    the rest 0): its log-probs are normalised already."""
+    The first term reads only the reply's tokens; the normaliser is `log_normalisers`, skipped for a
+    variant that is one model as it is (one coefficient 1, the rest 0): its log-probs are normalised."""
     models, length, vocab = log_probs.shape
     tokens, targets = torch.arange(length, device=log_probs.device), torch.tensor(reply, device=log_probs.device)
     chosen = (coefficients.double() @ log_probs[:, tokens, targets].double()).sum(-1)  # sum_t z_v,t[y_t]
     alone = (coefficients == 1).sum(-1).eq(1) & (coefficients != 0).sum(-1).eq(1)
     mixed = torch.nonzero(~alone).flatten()
-    block = max(1, max_floats // (length * vocab))
     normalisers = torch.zeros(len(coefficients), dtype=torch.float64, device=log_probs.device)
-    for first in range(0, len(mixed), block):
-        rows = mixed[first:first + block]
-        combined = (coefficients[rows] @ log_probs.reshape(models, -1)).view(-1, length, vocab)
-        normalisers[rows] = torch.logsumexp(combined, -1).double().sum(-1)
+    if len(mixed):
+        normalisers[mixed] = log_normalisers(log_probs, coefficients[mixed], max_floats)
     return (chosen - normalisers).cpu().numpy()
+
+
+def log_normalisers(log_probs: torch.Tensor, coefficients: torch.Tensor,
+                    max_floats: int = MAX_COMBINED_FLOATS) -> torch.Tensor:
+    """sum_t log Z_v,t for every variant v, Z_v,t = sum_y exp(z_v,t(y)), z_v,t = sum_m c_vm log pi_m(y | y<t).
+
+    Meet in the middle, so that 2^n coalitions need about 2 * 2^(n/2) vocabulary-sized exponentials
+    per token, not 2^n. Against a reference model r (the one whose coefficient varies most: the base,
+    in the arithmetic), with D_m = log pi_m - log pi_r and s_v = sum_m c_vm,
+
+        z_v = [s_v log pi_r + sum_{m in left} c_vm D_m] + [sum_{m in right} c_vm D_m] = x_a(v) + x_b(v),
+
+    so Z_v = sum_y e^x_a(y) e^x_b(y): one entry of a matrix product of the left halves' distinct
+    coefficient patterns a with the right halves' b. Models that no variant uses together (one
+    training seed's adapters and another's) are split apart, so that no product pairs them."""
+    models, length, vocab = log_probs.shape
+    reference = max(range(models), key=lambda m: len(coefficients[:, m].unique()))
+    others = [m for m in range(models) if m != reference]
+    # The terms x is built from: log pi_r, then every D_m; and each variant's s_v, then its c_vm on the D_m
+    # (s_v summed in float64: (1 - |S|) / T + |S| / T in float32 loses digits to cancellation).
+    terms = torch.cat([log_probs[reference:reference + 1], log_probs[others] - log_probs[reference]]).float()
+    relative = torch.cat([coefficients.double().sum(-1, keepdim=True), coefficients[:, others].double()], 1).float()
+    normalisers = torch.zeros(len(coefficients), dtype=torch.float64, device=log_probs.device)
+    for variants, columns in used_together(relative[:, 1:]):
+        half = (len(columns) + 1) // 2
+        left_columns, right_columns = [0, *(1 + c for c in columns[:half])], [1 + c for c in columns[half:]]
+        left, left_of = distinct_rows(relative[variants][:, left_columns])
+        right, right_of = distinct_rows(relative[variants][:, right_columns])
+        left_terms, right_terms = terms[left_columns], terms[right_columns]
+        step = max(1, max_floats // ((len(left) + len(right)) * vocab))
+        for first in range(0, length, step):
+            t = slice(first, first + step)
+            # e^x, each pattern shifted by its maximum per token so that no exponential overflows
+            e_left, top_left = shifted_exp(left, left_terms[:, t])
+            e_right, top_right = shifted_exp(right, right_terms[:, t])
+            # sum_y e_left[a, y] e_right[b, y] for every (a, b), in float64 across slices of the vocabulary
+            # (float32 within one: a sum of 49,152 terms in float32 alone would lose 1e-5 of its value)
+            sums = sum(torch.bmm(e_left[:, :, y].transpose(0, 1), e_right[:, :, y].permute(1, 2, 0)).double()
+                       for y in vocabulary_slices(vocab))[:, left_of, right_of]
+            logs = sums.log() + top_left[left_of].T + top_right[right_of].T
+            # Below 1e-24 the products lost below float32's range (1e-38 each) could matter: read those
+            # variants' tokens exactly.
+            lost = sums < 1e-24
+            if lost.any():
+                rows = lost.any(0).nonzero().flatten()
+                exact = coefficients[variants[rows]].float() @ log_probs[:, t].reshape(models, -1).float()
+                logs[:, rows] = torch.logsumexp(exact.view(len(rows), -1, vocab), -1).double().T
+            normalisers[variants] += logs.sum(0)
+    return normalisers
+
+
+def used_together(coefficients: torch.Tensor) -> list[tuple[torch.Tensor, list[int]]]:
+    """Variants grouped by the models they use, models joined when any variant uses both: (variants,
+    their models) per group, the variants that use none (their own group, no models) included."""
+    group = list(range(coefficients.shape[1]))  # union-find: each model points towards its group's root
+
+    def root(m: int) -> int:
+        while group[m] != m:
+            m = group[m]
+        return m
+
+    uses = [[m for m, nonzero in enumerate(row) if nonzero] for row in (coefficients != 0).tolist()]
+    for used in uses:
+        for m in used[1:]:
+            group[root(m)] = root(used[0])
+    by_root: dict[int, list[int]] = {}
+    for v, used in enumerate(uses):
+        by_root.setdefault(root(used[0]) if used else -1, []).append(v)
+    return [(torch.tensor(variants), [] if key < 0 else [m for m in range(len(group)) if root(m) == key])
+            for key, variants in by_root.items()]
+
+
+def vocabulary_slices(vocab: int, width: int = 2048) -> list[slice]:
+    """The vocabulary in slices of `width` tokens: float32 sums within one, float64 across them."""
+    return [slice(start, start + width) for start in range(0, vocab, width)]
+
+
+def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows, and which of them each row is (rows of no columns: one empty row)."""
+    if rows.shape[1] == 0:
+        return rows[:1], torch.zeros(len(rows), dtype=torch.long, device=rows.device)
+    return rows.unique(dim=0, return_inverse=True)
+
+
+def shifted_exp(patterns: torch.Tensor, terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """e^(x - max_y x) and max_y x per pattern and token, x = sum_k pattern_k terms_k: [patterns, tokens, vocab], [patterns, tokens]."""
+    count, length, vocab = terms.shape
+    x = (patterns @ terms.reshape(count, -1)).view(len(patterns), length, vocab) if count else \
+        terms.new_zeros(len(patterns), length, vocab)
+    top = x.amax(-1)
+    return (x - top[..., None]).exp_(), top.double()
 
 
 def kl_divergences(combined: torch.Tensor, pairs: list[tuple[int, int]]) -> np.ndarray:

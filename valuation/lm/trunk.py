@@ -40,7 +40,7 @@ from ..progress import Progress
 from ..runs import Run
 from ..games.coalitions import BASE
 from ..storage import atomic_write_bytes, digest
-from .arithmetic import MODEL_LOCK, left_pad, model_device
+from .forward import MODEL_LOCK, distinct_prompt_models, left_pad, model_device
 
 TRUNK_DTYPE = torch.bfloat16  # half the memory and disk of float32; every model reads the same rounded trunk
 
@@ -243,6 +243,80 @@ def read_replies(model: torch.nn.Module, prompt: ReadPrompt, replies: list[list[
             per_model.append(torch.cat([after.expand(len(replies), 1, -1), later], 1))
     log_probs = torch.stack(per_model, 1)  # [replies, models, width, vocab]
     return [log_probs[r, :, :len(reply)] for r, reply in enumerate(replies)]
+
+
+@contextmanager
+def mixed_batch(model: torch.nn.Module, models: list[str]) -> Iterator[None]:
+    """Row i of every LoRA layer's input under `models[i]` (BASE: the base), as PEFT's mixed-adapter
+    batch (`adapter_names`) sets it up for a whole forward pass, for layers run one by one here."""
+    if not hasattr(model, "peft_config"):
+        yield
+        return
+    with model._enable_peft_forward_hooks(adapter_names=models):
+        yield
+
+
+class SharedTrunkRows:
+    """The sampler's rows (`lm.arithmetic.GroupRows`) on a split decoder. All of a group's rows read
+    the same tokens, and below `first` every model is the base, so a step runs
+
+        h = layers[:first](token | prefix)                          once per group
+        log pi_m(. | prefix, token) = head(norm(layers_m[first:](h)))  per row, mixed-adapter
+
+    each with its own cache: the lower layers' keys and values per group, the top layers' per row."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, prompts: list[list[int]], row_group: torch.Tensor,
+                 row_adapter: list[str]) -> None:
+        self.model, self.pad_id, self.prompts = model, pad_id, prompts
+        self.row_group, self.row_adapter = row_group, row_adapter
+        self.stack, self.head = decoder(model)
+        self.first = shared_depth(model, [m for m in dict.fromkeys(row_adapter) if m != BASE])
+
+    def start(self) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        device = model_device(self.model)
+        # The lower layers once per distinct prompt, the top once per distinct (prompt, model); then
+        # each group's and each row's caches copied from them.
+        distinct = {prompt: slot for slot, prompt in enumerate(dict.fromkeys(map(tuple, self.prompts)))}
+        prompt_of_group = torch.tensor([distinct[tuple(p)] for p in self.prompts], device=device)
+        pairs, pair_of_row = distinct_prompt_models(self.prompts, self.row_group, self.row_adapter)
+        prompt_of_pair = torch.tensor([distinct[prompt] for prompt, _ in pairs], device=device)
+        ids, mask, positions = (t.to(device) for t in left_pad(list(distinct), self.pad_id))
+        self.lower, self.upper = DynamicCache(config=self.stack.config), DynamicCache(config=self.stack.config)
+        trunk = self.lower_layers(ids, mask, positions)
+        log_probs = self.top_layers(trunk[prompt_of_pair], mask[prompt_of_pair], positions[prompt_of_pair],
+                                    [m for _, m in pairs])
+        self.lower.batch_select_indices(prompt_of_group)
+        self.upper.batch_select_indices(pair_of_row)
+        self.mask, self.next_position = mask[prompt_of_group], positions[prompt_of_group, -1] + 1
+        return log_probs[pair_of_row]
+
+    def step(self, drawn: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
+        positions = self.next_position[:, None]
+        trunk = self.lower_layers(drawn[:, None], self.mask, positions)
+        self.next_position = self.next_position + 1
+        return self.top_layers(trunk[self.row_group], self.mask[self.row_group], positions[self.row_group],
+                               self.row_adapter)
+
+    def keep(self, groups: torch.Tensor, rows: torch.Tensor, row_group: torch.Tensor) -> None:
+        self.row_group, self.row_adapter = row_group, [self.row_adapter[r] for r in rows.tolist()]
+        self.mask, self.next_position = self.mask[groups], self.next_position[groups]
+        self.lower.batch_select_indices(groups)
+        self.upper.batch_select_indices(rows)
+
+    def lower_layers(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        with MODEL_LOCK, torch.no_grad(), mixed_batch(self.model, [BASE] * len(ids)):
+            return run_layers(self.stack, self.stack.embed_tokens(ids), mask, positions,
+                              self.stack.layers[:self.first], self.lower)
+
+    def top_layers(self, trunk: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                   models: list[str]) -> torch.Tensor:
+        """[rows, vocab]: the next-token log-probs after each row's last token, row i under models[i]."""
+        with MODEL_LOCK, torch.no_grad(), mixed_batch(self.model, models):
+            top = run_layers(self.stack, trunk, mask, positions, self.stack.layers[self.first:], self.upper)
+            return self.head(self.stack.norm(top[:, -1])).float().log_softmax(-1)
 
 
 def trunk_cache(run: Run) -> Path:

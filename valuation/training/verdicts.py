@@ -119,7 +119,7 @@ def read_pairs(context: RunContext, rows: list[dict[str, Any]], settings: TrainC
 def pair_log_likelihoods(model: Any, pairs: ReadPairs, name: str, reporter: Reporter) -> np.ndarray:
     """log pi(y | x) of every sequence of `pairs` (chosen, rejected, chosen, ...) under adapter `name`
     of `model` (BASE: the base), in float32."""
-    from ..lm.arithmetic import model_device
+    from ..lm.forward import model_device
     from ..lm.trunk import active, judged_replies, precision
 
     with active(model, name), precision(pairs.precision, model_device(model)):

@@ -27,7 +27,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..lm.adapters import RECORD_FILE, adapter_dir, trained_sources
-from ..lm.arithmetic import MODEL_LOCK, GenerationRequest, Messages, SamplingSettings, stream_coalitions
+from ..lm.arithmetic import GenerationRequest, Messages, SamplingSettings, stream_coalitions
+from ..lm.forward import MODEL_LOCK
 from ..games.coalitions import Coalition, formula
 from ..rewards.heldout import judged
 from ..runs import Run
