@@ -154,6 +154,8 @@ def test_adapters_on_the_top_layer_share_the_layer_below_and_draw_what_the_whole
     for generation in free:
         expected = brute_force_greedy(model, tokenizer, PROMPTS[generation.prompt_index], generation.coalition, 6)
         assert generation.token_ids == expected, generation.coalition
+    alone = sample_coalitions(model, tokenizer, coalition_requests(PROMPTS[:2], [()]), GREEDY)  # every layer shared
+    assert tokens(alone) == [free[0].token_ids, free[3].token_ids]
     # The singleton's second token made an end token: groups end at it and leave the caches, the rest go on.
     end = free[1].token_ids[1]
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, end]

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..games.coalitions import Coalition, decode_rows, formula_terms
+from ..games.coalitions import BASE, Coalition, decode_rows, formula_terms
 from ..config import helped
 from ..data.preferences import Messages
 from ..errors import UserError
 from .adapters import check_attached
 from .forward import GroupRows, WholeModelRows, model_device
 from .tokens import prompt_ids
+from .trunk import SharedTrunkRows, shared_depth
 
 
 
@@ -283,15 +284,13 @@ def decode_chunk(model, tokenizer, groups: list[tuple[int, GenerationRequest]], 
 
 def row_decoder(model: torch.nn.Module, pad_id: int, prompts: list[list[int]], row_group: torch.Tensor,
                 row_adapter: list[str]) -> GroupRows:
-    """A decoder that can be split (`lm.trunk`) runs each group's token through the layers every
-    model shares with the base once; any other runs every row through the whole model."""
-    from .trunk import SharedTrunkRows, TrunkError, decoder  # trunk reads transformers' internals: load it late
-
-    try:
-        decoder(model)
-    except TrunkError:
+    """Where the rows' adapters leave lower layers as the base's (`lm.trunk`), each group's token runs
+    them once; otherwise (adapters on every layer or the embeddings, a decoder that cannot be split)
+    every row runs through the whole model."""
+    first = shared_depth(model, [m for m in dict.fromkeys(row_adapter) if m != BASE])
+    if first == 0:
         return WholeModelRows(model, pad_id, prompts, row_group, row_adapter)
-    return SharedTrunkRows(model, pad_id, prompts, row_group, row_adapter)
+    return SharedTrunkRows(model, pad_id, prompts, row_group, row_adapter, first)
 
 
 def new_text(text: str, emitted: str) -> tuple[str, str]:

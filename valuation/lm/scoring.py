@@ -236,7 +236,7 @@ def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def shifted_exp(patterns: torch.Tensor, terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """e^(x - max_y x) and max_y x per pattern and token, x = sum_k pattern_k terms_k: [patterns, tokens, vocab], [patterns, tokens]."""
+    """e^(x - max_y x) [patterns, tokens, vocab] and max_y x [patterns, tokens], x = sum_k pattern_k terms_k."""
     count, length, vocab = terms.shape
     x = (patterns @ terms.reshape(count, -1)).view(len(patterns), length, vocab) if count else \
         terms.new_zeros(len(patterns), length, vocab)

@@ -257,7 +257,7 @@ def mixed_batch(model: torch.nn.Module, models: list[str]) -> Iterator[None]:
 
 
 class SharedTrunkRows:
-    """The sampler's rows (`lm.arithmetic.GroupRows`) on a split decoder. All of a group's rows read
+    """The sampler's rows (`lm.forward.GroupRows`) on a split decoder. All of a group's rows read
     the same tokens, and below `first` every model is the base, so a step runs
 
         h = layers[:first](token | prefix)                          once per group
@@ -266,11 +266,10 @@ class SharedTrunkRows:
     each with its own cache: the lower layers' keys and values per group, the top layers' per row."""
 
     def __init__(self, model: torch.nn.Module, pad_id: int, prompts: list[list[int]], row_group: torch.Tensor,
-                 row_adapter: list[str]) -> None:
+                 row_adapter: list[str], first: int) -> None:
         self.model, self.pad_id, self.prompts = model, pad_id, prompts
-        self.row_group, self.row_adapter = row_group, row_adapter
+        self.row_group, self.row_adapter, self.first = row_group, row_adapter, first
         self.stack, self.head = decoder(model)
-        self.first = shared_depth(model, [m for m in dict.fromkeys(row_adapter) if m != BASE])
 
     def start(self) -> torch.Tensor:
         from transformers import DynamicCache
