@@ -39,7 +39,6 @@ from .tokens import prompt_ids
 from .trunk import SharedTrunkRows, shared_depth
 
 
-
 class SamplingError(UserError):
     """Sampling settings or coalitions that cannot work; the message says what to change."""
 
