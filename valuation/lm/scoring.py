@@ -142,7 +142,7 @@ def variant_log_likelihoods(log_probs: torch.Tensor, reply: Sequence[int], coeff
 
     The first term reads only the reply's tokens; the normaliser is `log_normalisers`, skipped for a
     variant that is one model as it is (one coefficient 1, the rest 0): its log-probs are normalised."""
-    models, length, vocab = log_probs.shape
+    length = log_probs.shape[1]
     tokens, targets = torch.arange(length, device=log_probs.device), torch.tensor(reply, device=log_probs.device)
     chosen = (coefficients.double() @ log_probs[:, tokens, targets].double()).sum(-1)  # sum_t z_v,t[y_t]
     alone = (coefficients == 1).sum(-1).eq(1) & (coefficients != 0).sum(-1).eq(1)
