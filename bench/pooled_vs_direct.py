@@ -34,6 +34,7 @@ from valuation.config import DataConfig, ModelConfig, RewardConfig, RunConfig  #
 from valuation.data.sources import record_sources  # noqa: E402
 from valuation.evaluation.job import coalitions_to_evaluate, evaluation_cost  # noqa: E402
 from valuation.evaluation.settings import EvaluationConfig  # noqa: E402
+from valuation.evaluation.store import EvaluationStore  # noqa: E402
 from valuation.games.values import value_sources  # noqa: E402
 from valuation.jobs.demo import DEMO_PROMPTS, DEMO_SOURCE  # noqa: E402
 from valuation.jobs.registry import run_job  # noqa: E402
@@ -72,7 +73,10 @@ def demo_run(root: Path) -> Run:
 
 
 def measure(run: Run, config: EvaluationConfig) -> dict:
-    """One evaluation: its costs, wall time, and the Shapley values of its token-level game."""
+    """One evaluation from none: its costs, wall time, and the Shapley values of its token-level game.
+    The run's evaluation folder goes first: the reward-free table stays in a run from one evaluation
+    to the next, and each estimator pays for its own."""
+    shutil.rmtree(EvaluationStore(run).folder, ignore_errors=True)
     started = time.monotonic()
     run_job(run, "evaluate", config)
     seconds = time.monotonic() - started

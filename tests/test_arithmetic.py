@@ -17,6 +17,7 @@ from valuation.lm.arithmetic import (
     coalition_requests,
     new_text,
     row_chunks,
+    row_share,
     sample_coalitions,
     stream_coalitions,
 )
@@ -111,6 +112,9 @@ def test_requests_and_their_chunks():
     # rows per group: 1 for the base and a singleton, |S| + 1 for a larger coalition
     assert row_chunks(requests[:4], max_rows=3) == [[0, 1, 2], [3]]
     assert row_chunks(requests[:4], max_rows=2) == [[0, 1], [2], [3]]  # a group too large for the budget goes alone
+    # Rows that own half their layers (the other half run once per group): the pair costs 0.5 + 3 x 0.5.
+    assert row_chunks(requests[:4], max_rows=5) == [[0, 1, 2], [3]]
+    assert row_chunks(requests[:4], max_rows=5, share=0.5) == [[0, 1, 2, 3]]
 
 
 @pytest.mark.parametrize("change, word", [
@@ -166,8 +170,10 @@ def test_adapters_on_the_top_layer_share_the_layer_below_and_draw_what_the_whole
 
     requests = coalition_requests(PROMPTS[:2], all_coalitions(SOURCES[:3]), samples=2)
     settings = SamplingSettings(temperature=1.0, top_p=0.8, top_k=40, max_new_tokens=4, seed=1, max_batch_rows=7)
+    assert row_share(model, requests) == 0.5  # the budget's rows count layer 1 per row, layer 0 per group
     shared = tokens(sample_coalitions(model, tokenizer, requests, settings))
     monkeypatch.setattr(trunk, "decoder", lambda model: (_ for _ in ()).throw(trunk.TrunkError("not split")))
+    assert row_share(model, requests) == 1.0  # other chunks: the draws do not depend on them
     assert tokens(sample_coalitions(model, tokenizer, requests, settings)) == shared  # every row through every layer
     assert tokens(sample_coalitions(model, tokenizer, greedy, GREEDY)) == tokens(ended)
 

@@ -41,7 +41,8 @@ class EvaluationConfig:
                                  f"or 'auto' (exact up to {EXACT_MAX_PLAYERS} sources, {POOLED_EXACT_MAX_PLAYERS} pooled).")
     permutations: int = helped(200, "With 'permutation': permutations sampled (antithetic pairs).")
     chunk_prompts: int = helped(4, "Prompts per unit of work: a relaunch resumes at the first missing chunk.")
-    max_batch_rows: int = helped(64, "Memory budget: model rows decoded together.")
+    max_batch_rows: int = helped(64, "Memory budget: model rows decoded together (in the sampler, layers that a "
+                                     "group's rows share count once).")
 
     def validate(self) -> None:
         if self.estimator not in ESTIMATORS:

@@ -36,7 +36,7 @@ from ..errors import UserError
 from .adapters import check_attached
 from .forward import GroupRows, WholeModelRows, model_device
 from .tokens import prompt_ids
-from .trunk import SharedTrunkRows, shared_depth
+from .trunk import SharedTrunkRows, decoder, shared_depth
 
 
 class SamplingError(UserError):
@@ -50,7 +50,8 @@ class SamplingSettings:
     top_k: int = helped(0, "Keep only the k most likely tokens (0: no limit).")
     max_new_tokens: int = helped(64, "Most tokens generated per response.")
     seed: int = helped(0, "Seed of the random draws; the same seed gives every coalition the same draws.")
-    max_batch_rows: int = helped(64, "Memory budget: most model rows decoded together (base + members per group).")
+    max_batch_rows: int = helped(64, "Memory budget: most model rows decoded together (base + members per group; "
+                                     "where the adapters leave lower layers shared, those count once per group).")
 
     def validate(self) -> None:
         if not self.temperature >= 0:
@@ -186,7 +187,8 @@ def stream_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
     """Generate every request, yielding after each decoding step; set `stop_event` to stop early.
 
     Requests are decoded together, in chunks of at most `settings.max_batch_rows` model rows (a
-    group needs one row per formula term). Results do not depend on the chunking. After a stop the
+    group needs one row per formula term; layers its rows share count once, `row_share`). Results
+    do not depend on the chunking. After a stop the
     running chunk's unfinished groups are reported finished (not by end of sequence) and later
     chunks do not start. Bad settings or coalitions raise SamplingError here, before any decoding.
     """
@@ -197,7 +199,7 @@ def stream_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
 
 def decode_chunks(model, tokenizer, requests: Sequence[GenerationRequest], settings: SamplingSettings,
                   stops: set[int], stop_event: threading.Event | None) -> Iterator[StepUpdate]:
-    for chunk in row_chunks(requests, settings.max_batch_rows):
+    for chunk in row_chunks(requests, settings.max_batch_rows, row_share(model, requests)):
         yield from decode_chunk(model, tokenizer, [(i, requests[i]) for i in chunk], settings, stops, stop_event)
         if stop_event is not None and stop_event.is_set():
             return
@@ -215,15 +217,26 @@ def sample_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
     return [results[i] for i in sorted(results)]
 
 
-def row_chunks(requests: Sequence[GenerationRequest], max_rows: int) -> list[list[int]]:
-    """Consecutive requests packed so that each chunk needs at most `max_rows` rows (a larger group alone)."""
+def row_share(model: torch.nn.Module, requests: Sequence[GenerationRequest]) -> float:
+    """The share of a model row's layers (and of their caches) that is its own: 1 where every row runs
+    the whole model; where the requests' adapters leave the lower layers as the base's, only the
+    layers above them (`row_decoder`), the rest run once per group."""
+    adapters = [m for m in dict.fromkeys(m for r in requests for m, _ in formula_terms(r.coalition)) if m != BASE]
+    shared = shared_depth(model, adapters)
+    return 1.0 - shared / len(decoder(model)[0].layers) if shared else 1.0
+
+
+def row_chunks(requests: Sequence[GenerationRequest], max_rows: int, share: float = 1.0) -> list[list[int]]:
+    """Consecutive requests packed so that each chunk needs at most `max_rows` whole-model rows (a
+    larger group alone): a group of k rows needs k of them, or, where its rows own only a `share` of
+    the layers, the shared layers once and that share of each row."""
     chunks: list[list[int]] = []
-    rows = 0
+    rows = 0.0
     for index, request in enumerate(requests):
-        need = decode_rows(request.coalition)
-        if not chunks or rows + need > max_rows:
+        need = (1 - share) + share * decode_rows(request.coalition)
+        if not chunks or rows + need > max_rows + 1e-9:
             chunks.append([])
-            rows = 0
+            rows = 0.0
         chunks[-1].append(index)
         rows += need
     return chunks
