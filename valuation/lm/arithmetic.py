@@ -188,9 +188,10 @@ def stream_coalitions(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
 
     Requests are decoded together, in chunks of at most `settings.max_batch_rows` model rows (a
     group needs one row per formula term; layers its rows share count once, `row_share`). Results
-    do not depend on the chunking. After a stop the
-    running chunk's unfinished groups are reported finished (not by end of sequence) and later
-    chunks do not start. Bad settings or coalitions raise SamplingError here, before any decoding.
+    do not depend on the chunking, but for float rounding in matrix products of another shape.
+    After a stop the running chunk's unfinished groups are reported finished (not by end of
+    sequence) and later chunks do not start. Bad settings or coalitions raise SamplingError here,
+    before any decoding.
     """
     settings.validate()
     check_coalitions(model, (request.coalition for request in requests))
