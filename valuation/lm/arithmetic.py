@@ -222,8 +222,7 @@ def row_share(model: torch.nn.Module, requests: Sequence[GenerationRequest]) -> 
     """The share of a model row's layers (and of their caches) that is its own: 1 where every row runs
     the whole model; where the requests' adapters leave the lower layers as the base's, only the
     layers above them (`row_decoder`), the rest run once per group."""
-    adapters = [m for m in dict.fromkeys(m for r in requests for m, _ in formula_terms(r.coalition)) if m != BASE]
-    shared = shared_depth(model, adapters)
+    shared = shared_depth(model, sorted({source for r in requests for source in r.coalition}))  # its adapters
     return 1.0 - shared / len(decoder(model)[0].layers) if shared else 1.0
 
 
