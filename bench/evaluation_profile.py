@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--side", type=Path, help=argparse.SUPPRESS)  # internal: profile this tree, print JSON
     args = parser.parse_args()
     args.run = args.run.resolve()
+    if args.prompts_file and not Path(args.prompts_file).is_file():
+        parser.error(f"--prompts-file {args.prompts_file}: no such file (the demo's own: assets/demo_prompts.jsonl).")
     if args.side:
         print(json.dumps(profile(args.side, args.run, args.prompts, args.prompts_file, args.tokens, args.verdict_pairs,
                                  args.threads, args.direct_samples)))
