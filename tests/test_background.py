@@ -86,6 +86,25 @@ def test_a_killed_job_reads_failed_with_its_last_lines(run: Run) -> None:
     assert not cancel_job(run)  # nothing active to cancel
 
 
+@pytest.mark.parametrize("reading", ["read_progress", "log_tail"])
+def test_a_job_ending_while_its_status_is_read_never_reads_failed(run: Run, monkeypatch, reading: str) -> None:
+    """The job ends (here: cancelled) in the middle of `job_status`, while it reads the job's files."""
+    import valuation.jobs.background as background
+
+    holder = start_holder(run)
+    read = getattr(background, reading)
+
+    def read_while_the_job_ends(*args, **kwargs):
+        if holder.poll() is None:
+            holder.send_signal(signal.SIGTERM)
+            holder.wait(timeout=30)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(background, reading, read_while_the_job_ends)
+    assert job_status(run).state in ("running", "cancelled")  # never "failed": it did record its end
+    assert job_status(run).state == "cancelled"
+
+
 def test_launched_job_gets_its_own_group_and_its_output_in_the_log(run: Run) -> None:
     job = launch_job(run, "train", ["train", "--run", str(run.path), "--epochs", "-1"])  # refused at once
     assert job.own_group and read_job(run) == job

@@ -142,7 +142,7 @@ def test_training_survives_a_lost_node_and_equals_the_local_backend(cluster, one
     wait_until(lambda events: set(SOURCES) <= started(events, "step", "stage"), on_cluster)
     cluster.remove_node(cluster.workers[0])
     status = wait_for_job(on_cluster, timeout_s=300)
-    assert status.state == "done", status.log_tail
+    assert status.state == "done", f"{status.error}\n{status.log_tail}"
     starts = [e["source"] for e in status.events if e["event"] == "source_start"]
     assert len(starts) > len(SOURCES), "no task was running on the removed node"  # one source started again
 
@@ -168,7 +168,7 @@ def test_an_evaluation_survives_a_lost_worker_and_equals_the_local_backend(clust
     wait_until(lambda events: len(started(events, "step", "stage")) >= 2, on_cluster)  # both workers busy
     cluster.remove_node(cluster.workers[0])
     status = wait_for_job(on_cluster, timeout_s=300)
-    assert status.state == "done", status.log_tail
+    assert status.state == "done", f"{status.error}\n{status.log_tail}"
     assert "a Ray worker was lost" in status.log_tail
     for name in ("utilities.csv", "utilities-sequence.csv", "estimation.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(evaluation_folder(on_cluster) / name),

@@ -176,11 +176,15 @@ def job_status(run: Run, log_lines: int = 40) -> JobStatus | None:
     if job is None:
         return None
     folder = job_dir(run)
+    # The lock before the result: a job records its result before it lets go of the lock, so once a
+    # free lock is seen, whatever result it recorded is there to read. (The other way round, a job
+    # ending between the two reads looked as if it had died without a result.)
+    locked = is_locked(run)
     result = _read_json(folder / "result.json")
     events = read_progress(folder / "progress.jsonl")
     if result:
         state, finished, error = result["state"], result["finished"], result.get("error")
-    elif is_locked(run):
+    elif locked:
         state, finished, error = ("running" if events else "queued"), None, None
     else:
         state, finished, error = "failed", None, "The process ended without recording a result (killed, out of memory, or it could not start: see the log)."
