@@ -20,7 +20,8 @@ held-out pairs each. A stage is the cumulative time of the functions that do it:
     verdicts            each adapter judged on held-out pairs of its source (adapter_verdicts)
 
 Stages nest (teacher forcing and token-level weights run inside weighing and inside the reward-free
-utilities), so they do not add up to the total. Each side runs in its own process with the same
+utilities), so they do not add up to the total. Below the times, how often each stage was entered
+(a time that grows with the same count is slower work, not more of it). Each side runs in its own process with the same
 torch threads (1 by default: steady on a shared machine).
 """
 
@@ -52,12 +53,13 @@ STAGES = {  # stage -> (file suffix, function names): the outermost match's cumu
 
 
 def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
-    """Each stage's time: the largest cumulative time among its functions (the outermost call)."""
-    found = dict.fromkeys(STAGES, 0.0)
-    for (file, _, name), (_, _, _, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+    """Each stage's time, and how often it was entered: the largest cumulative time among its
+    functions (the outermost call), and that function's calls (a generator's: each item it yields)."""
+    found = dict.fromkeys(STAGES, 0.0) | {f"{stage} calls": 0 for stage in STAGES}
+    for (file, _, name), (_, calls, _, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
         for stage, (suffix, names) in STAGES.items():
-            if file.endswith(suffix) and name in names:
-                found[stage] = max(found[stage], cumulative)
+            if file.endswith(suffix) and name in names and cumulative >= found[stage]:
+                found[stage], found[f"{stage} calls"] = cumulative, calls
     return found
 
 
@@ -134,12 +136,12 @@ def main() -> None:
     if args.before:
         with checked_out(args.before) as worktree:
             columns = {args.before: side(worktree, args), **columns}
-    rows = ["evaluation s", "total s", *STAGES]
+    rows = ["evaluation s", "total s", *STAGES, *(f"{stage} calls" for stage in STAGES)]
     names = list(columns)
     print(f"| stage | {' | '.join(names)} |" + (f" {names[0]} / {names[1]} |" if len(names) == 2 else ""))
     print("| --- " * (len(names) + 1 + (len(names) == 2)) + "|")
     for row in rows:
-        cells = [f"{columns[n][row]:.1f}" for n in names]
+        cells = [f"{columns[n][row]:.1f}" if isinstance(columns[n][row], float) else str(columns[n][row]) for n in names]
         ratio = ([f"{columns[names[0]][row] / columns[names[1]][row]:.2f}x" if columns[names[1]][row] else "n/a"]
                  if len(names) == 2 else [])
         print(f"| {row} | {' | '.join(cells + ratio)} |")
