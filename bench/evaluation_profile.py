@@ -21,8 +21,8 @@ held-out pairs each. A stage is the cumulative time of the functions that do it:
 
 Stages nest (teacher forcing and token-level weights run inside weighing and inside the reward-free
 utilities), so they do not add up to the total. Below the times, how often each stage was entered
-(a time that grows with the same count is slower work, not more of it). Each side runs in its own process with the same
-torch threads (1 by default: steady on a shared machine).
+(a time that grows with the same count is slower work, not more of it). Each side runs in its own
+process with the same torch threads (1 by default: steady on a shared machine).
 """
 
 from __future__ import annotations
